@@ -1,0 +1,226 @@
+"""The public reads and actions, async first, each with a sync twin.
+
+Call the ``a``-prefixed forms from consumers and other async code, the plain
+forms from views, tasks and the shell. Reads only count live connections:
+with the Redis store, an entry that missed its heartbeats is excluded at once.
+Group names are checked before anything is read or written.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from asgiref.sync import async_to_sync
+from channels.layers import get_channel_layer
+
+from .conf import get_settings
+from .names import user_key, validate_group_name, validate_group_names
+from .stores import get_store
+from .stores.base import Connection, GroupMember
+from .tracker import close_departed
+
+__all__ = [
+    "adisconnect_user",
+    "agroup_connections",
+    "agroup_members",
+    "agroup_send",
+    "agroup_size",
+    "agroup_sizes",
+    "agroup_user_count",
+    "agroups",
+    "ais_online",
+    "auser_channels",
+    "auser_connections",
+    "disconnect_user",
+    "group_connections",
+    "group_members",
+    "group_send",
+    "group_size",
+    "group_sizes",
+    "group_user_count",
+    "groups",
+    "is_online",
+    "user_channels",
+    "user_connections",
+]
+
+
+def _to_pk(key: str | None) -> Any:
+    """A stored user key back as the user model's primary key type."""
+    if key is None:
+        return None
+    from django.contrib.auth import get_user_model
+
+    try:
+        return get_user_model()._meta.pk.to_python(key)  # type: ignore[union-attr]
+    except Exception:  # a custom pk that cannot parse its own str(): keep the str
+        return key
+
+
+def _sorted_pks(members: tuple[GroupMember, ...]) -> list[Any]:
+    pks = [_to_pk(m.user) for m in members if m.user is not None]
+    try:
+        return sorted(pks)
+    except TypeError:
+        return sorted(pks, key=str)
+
+
+# Group populations ------------------------------------------------------------
+
+
+async def agroup_size(group: str) -> int:
+    """The number of live connections in ``group``."""
+    return await get_store().agroup_size(validate_group_name(group))
+
+
+def group_size(group: str) -> int:
+    """Sync twin of :func:`agroup_size`."""
+    return get_store().group_size(validate_group_name(group))
+
+
+async def agroup_user_count(group: str) -> int:
+    """The number of distinct users with a live connection in ``group``."""
+    return await get_store().agroup_user_count(validate_group_name(group))
+
+
+def group_user_count(group: str) -> int:
+    """Sync twin of :func:`agroup_user_count`."""
+    return get_store().group_user_count(validate_group_name(group))
+
+
+async def agroup_sizes(groups: Any) -> dict[str, int]:
+    """Live connections of many groups in one call: ``{group: size}``."""
+    return await get_store().agroup_sizes(validate_group_names(groups))
+
+
+def group_sizes(groups: Any) -> dict[str, int]:
+    """Sync twin of :func:`agroup_sizes`."""
+    return get_store().group_sizes(validate_group_names(groups))
+
+
+async def agroup_members(group: str) -> list[Any]:
+    """The primary keys of the users present in ``group``, sorted.
+
+    Anonymous connections are not users and are not listed.
+    """
+    return _sorted_pks(await get_store().agroup_members(validate_group_name(group)))
+
+
+def group_members(group: str) -> list[Any]:
+    """Sync twin of :func:`agroup_members`."""
+    return _sorted_pks(get_store().group_members(validate_group_name(group)))
+
+
+def _members_detail(members: tuple[GroupMember, ...]) -> dict[Any, list[Connection]]:
+    return {_to_pk(m.user): list(m.connections) for m in members}
+
+
+async def agroup_connections(group: str) -> dict[Any, list[Connection]]:
+    """Each user present in ``group`` with their connections there (and metadata).
+
+    Anonymous connections are listed under ``None``.
+    """
+    return _members_detail(await get_store().agroup_members(validate_group_name(group)))
+
+
+def group_connections(group: str) -> dict[Any, list[Connection]]:
+    """Sync twin of :func:`agroup_connections`."""
+    return _members_detail(get_store().group_members(validate_group_name(group)))
+
+
+async def agroups() -> dict[str, int]:
+    """Every group with live connections, with its size."""
+    return await get_store().agroups()
+
+
+def groups() -> dict[str, int]:
+    """Sync twin of :func:`agroups`."""
+    return get_store().groups()
+
+
+# Users --------------------------------------------------------------------------
+
+
+async def auser_connections(user: Any) -> list[Connection]:
+    """A user's live connections (a user object or a pk), oldest first."""
+    return list(await get_store().auser_connections(user_key(user)))
+
+
+def user_connections(user: Any) -> list[Connection]:
+    """Sync twin of :func:`auser_connections`."""
+    return list(get_store().user_connections(user_key(user)))
+
+
+async def auser_channels(user: Any) -> list[str]:
+    """The channel names of a user's live connections, oldest first."""
+    return [c.channel_name for c in await auser_connections(user)]
+
+
+def user_channels(user: Any) -> list[str]:
+    """Sync twin of :func:`auser_channels`."""
+    return [c.channel_name for c in user_connections(user)]
+
+
+async def ais_online(user: Any) -> bool:
+    """Whether the user has at least one live connection."""
+    return bool(await get_store().auser_connections(user_key(user)))
+
+
+def is_online(user: Any) -> bool:
+    """Sync twin of :func:`ais_online`."""
+    return bool(get_store().user_connections(user_key(user)))
+
+
+# Actions ------------------------------------------------------------------------
+
+
+async def adisconnect_user(user: Any, code: int | None = None) -> int:
+    """Close every live connection of ``user``, on every server.
+
+    The connections are removed from presence at once and each is sent a
+    ``presence.close`` message with ``code`` (default ``CLOSE_CODE``).
+    Returns how many were asked to close.
+    """
+    key = user_key(user)
+    close_code = get_settings().CLOSE_CODE if code is None else code
+    if isinstance(close_code, bool) or not isinstance(close_code, int) or not (
+        close_code == 1000 or 3000 <= close_code <= 4999
+    ):
+        raise ValueError(f"code {code!r} must be 1000 or an integer from 3000 to 4999.")
+    departures = await get_store().adisconnect_user(key)
+    await close_departed(get_channel_layer(), departures, close_code, "kicked")
+    from . import events
+
+    for departure in departures:
+        await events.departed(departure, reason="kicked")
+    return len(departures)
+
+
+def disconnect_user(user: Any, code: int | None = None) -> int:
+    """Sync twin of :func:`adisconnect_user`."""
+    return async_to_sync(adisconnect_user)(user, code)
+
+
+async def agroup_send(group: str, message: dict[str, Any]) -> int:
+    """``channel_layer.group_send`` that skips empty groups.
+
+    Returns how many live connections it was addressed to; 0 means the group
+    was empty and the channel layer was not called. Only tracked connections
+    count: with ``ANONYMOUS="ignore"``, anonymous listeners alone do not make
+    a group non-empty.
+    """
+    validate_group_name(group)
+    if not isinstance(message, dict) or not isinstance(message.get("type"), str):
+        raise ValueError(f"message must be a dict with a 'type' string, got {message!r}.")
+    size = await get_store().agroup_size(group)
+    if size:
+        layer = get_channel_layer()
+        if layer is None:
+            raise ValueError("agroup_send needs a channel layer: CHANNEL_LAYERS is not set.")
+        await layer.group_send(group, message)
+    return size
+
+
+def group_send(group: str, message: dict[str, Any]) -> int:
+    """Sync twin of :func:`agroup_send`."""
+    return async_to_sync(agroup_send)(group, message)

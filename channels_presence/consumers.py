@@ -1,0 +1,212 @@
+"""PresenceConsumerMixin: presence for websocket consumers.
+
+Put it first among the bases::
+
+    class RoomConsumer(PresenceConsumerMixin, AsyncJsonWebsocketConsumer):
+        presence_groups = ["lobby"]
+
+On connect the mixin records the connection, applies the session policy and
+joins ``presence_groups`` in both the channel layer and the population, all
+before the consumer's own ``connect()`` runs. A connection refused by the
+policy is accepted and at once closed with ``REJECT_CODE`` (or 1011 when the
+store is down under ``ON_STORE_ERROR="reject"``), so the client sees the code;
+the consumer's ``connect()`` never runs for it.
+
+On disconnect the mixin removes the connection before the consumer's own
+``disconnect()`` runs, so populations read there no longer count it.
+
+When a newer connection supersedes this one (or ``disconnect_user`` is
+called), a ``presence.close`` message arrives through the channel layer; the
+mixin calls :meth:`presence_closing` (send the client a last message there)
+and closes the socket with the code it carries.
+
+Works with ``AsyncWebsocketConsumer``, ``AsyncJsonWebsocketConsumer``,
+``WebsocketConsumer`` and ``JsonWebsocketConsumer``.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Awaitable, Iterable
+from typing import Any, ClassVar
+
+from asgiref.sync import async_to_sync, sync_to_async
+from channels.consumer import AsyncConsumer
+from channels.exceptions import StopConsumer
+from channels.generic.websocket import AsyncWebsocketConsumer, WebsocketConsumer
+from django.core.exceptions import ImproperlyConfigured
+
+from .conf import get_settings
+from .logs import logger
+from .names import validate_group_names
+from .tracker import CLOSE_MESSAGE_TYPE, PresenceTracker
+
+_MIXIN_HANDLERS = {CLOSE_MESSAGE_TYPE: "presence_close"}
+# Close codes a presence.close message may carry.
+_ALLOWED_CLOSE = {1000, 1001, 1011, 1012, 1013}
+
+
+class PresenceConsumerMixin:
+    """Presence tracking for a websocket consumer. List it before the consumer base."""
+
+    #: Groups every connection of this consumer joins on connect.
+    presence_groups: ClassVar[Iterable[str]] = ()
+
+    # Set by channels' consumer machinery.
+    scope: dict[str, Any]
+    channel_layer: Any
+    channel_name: str
+    _sync: bool
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if not issubclass(cls, AsyncConsumer):
+            return  # another mixin built on this one; checked when it meets a consumer
+        if not issubclass(cls, (AsyncWebsocketConsumer, WebsocketConsumer)):
+            raise ImproperlyConfigured(
+                f"{cls.__qualname__}: PresenceConsumerMixin works with websocket consumers "
+                "(AsyncWebsocketConsumer, AsyncJsonWebsocketConsumer, WebsocketConsumer, "
+                "JsonWebsocketConsumer)."
+            )
+        mro = cls.__mro__
+        if mro.index(PresenceConsumerMixin) > mro.index(AsyncConsumer):
+            base = next(b for b in mro if b.__module__.startswith("channels."))
+            raise ImproperlyConfigured(
+                f"{cls.__qualname__}: list PresenceConsumerMixin before the consumer base, "
+                f"e.g. class {cls.__name__}(PresenceConsumerMixin, {base.__name__})."
+            )
+        groups = cls.__dict__.get("presence_groups")
+        if groups is not None:
+            validate_group_names(groups)
+
+    # Configuration hooks ------------------------------------------------------
+
+    def get_presence_groups(self) -> Iterable[str]:
+        """The groups to join on connect; by default ``presence_groups``."""
+        return self.presence_groups
+
+    def get_presence_meta(self) -> dict[str, Any] | None:
+        """Metadata to attach to this connection on connect (a small JSON object)."""
+        return None
+
+    async def presence_closing(self, reason: str, code: int) -> None:
+        """Called before presence closes this socket; send a last message here.
+
+        ``reason`` is ``"superseded"`` (the user connected elsewhere),
+        ``"kicked"`` (``disconnect_user``) or ``"expired"``. The default sends
+        nothing. In a sync consumer this may be a plain method.
+        """
+
+    # The tracker --------------------------------------------------------------
+
+    @property
+    def presence(self) -> PresenceTracker:
+        """This connection's presence, put in the scope by PresenceMiddleware."""
+        try:
+            tracker: PresenceTracker = self.scope["presence"]
+        except KeyError:
+            raise ImproperlyConfigured(
+                f"{type(self).__qualname__} uses PresenceConsumerMixin, but the scope has no "
+                "'presence'. Wrap the websocket router in PresenceMiddleware: "
+                "AuthMiddlewareStack(PresenceMiddleware(URLRouter(...)))."
+            ) from None
+        return tracker
+
+    def presence_join(self, *groups: str) -> Any:
+        """Join more presence groups (layer and population).
+
+        Await it in an async consumer; in a sync consumer it runs at once.
+        Returns the groups that were new for this connection.
+        """
+        return self._presence_call(self.presence.ajoin(groups))
+
+    def presence_leave(self, *groups: str) -> Any:
+        """Leave presence groups (layer and population); awaitable as above."""
+        return self._presence_call(self.presence.aleave(groups))
+
+    def presence_set_meta(self, meta: dict[str, Any] | None) -> Any:
+        """Replace this connection's metadata; awaitable as above."""
+        return self._presence_call(self.presence.aset_meta(meta))
+
+    def _presence_call(self, coro: Awaitable[Any]) -> Any:
+        if self._sync:
+            async def run() -> Any:
+                return await coro
+
+            return async_to_sync(run)()
+        return coro
+
+    # Channels plumbing --------------------------------------------------------
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        # A sync consumer's base_send is a sync wrapper; closing from the loop
+        # needs the raw ASGI send.
+        self._presence_send = send
+        await super().__call__(scope, receive, send)  # type: ignore[misc]
+
+    async def dispatch(self, message: dict[str, Any]) -> None:
+        """Route presence messages here; everything else to the consumer."""
+        kind = message.get("type")
+        if kind == "websocket.connect":
+            if await self._presence_connect():
+                await super().dispatch(message)  # type: ignore[misc]
+            return
+        if kind == "websocket.disconnect":
+            # Counted out first, so the consumer's disconnect() reads the new state.
+            await self.presence.adisconnect()
+            await super().dispatch(message)  # type: ignore[misc]
+            return
+        if isinstance(kind, str) and kind.startswith("presence."):
+            handler_name = _MIXIN_HANDLERS.get(kind) or kind.replace(".", "_")
+            handler = getattr(self, handler_name, None)
+            if handler is None:
+                logger.warning("Ignored a presence message of unknown type %r", kind)
+                return
+            result = handler(message)
+            if inspect.isawaitable(result):
+                await result
+            return
+        await super().dispatch(message)  # type: ignore[misc]
+
+    async def _presence_connect(self) -> bool:
+        tracker = self.presence
+        if self.channel_layer is None:
+            raise ImproperlyConfigured(
+                "PresenceConsumerMixin needs a channel layer: set CHANNEL_LAYERS, e.g. "
+                "{'default': {'BACKEND': 'channels.layers.InMemoryChannelLayer'}}."
+            )
+        groups = self.get_presence_groups()
+        meta = self.get_presence_meta()
+        admission = await tracker.aconnect(self.channel_layer, self.channel_name, groups, meta)
+        if admission.accepted:
+            return True
+        await self._presence_send({"type": "websocket.accept"})
+        await self._presence_send({"type": "websocket.close", "code": admission.close_code})
+        raise StopConsumer()
+
+    async def presence_close(self, message: dict[str, Any]) -> None:
+        """Handle ``presence.close``: last word to the client, then close the socket.
+
+        Only the server can send this: it travels on the channel layer, never
+        from a client frame.
+        """
+        tracker = self.presence
+        if tracker.state.value != "connected":
+            return
+        code = message.get("code")
+        if not isinstance(code, int) or isinstance(code, bool) or not (
+            code in _ALLOWED_CLOSE or 3000 <= code <= 4999
+        ):
+            code = get_settings().CLOSE_CODE
+        reason = message.get("reason")
+        reason = reason if isinstance(reason, str) else "superseded"
+        try:
+            hook = self.presence_closing
+            if inspect.iscoroutinefunction(hook):
+                await hook(reason, code)
+            else:
+                await sync_to_async(hook)(reason, code)
+        except Exception:
+            logger.exception("presence_closing() raised; closing the socket anyway")
+        await tracker.adisconnect()
+        await self._presence_send({"type": "websocket.close", "code": code})

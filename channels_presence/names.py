@@ -1,0 +1,87 @@
+"""Validation and normalisation of the names presence deals in.
+
+Group names follow Channels' rules (ASCII letters, digits, ``-``, ``_``, ``.``,
+fewer than 100 characters) so that every presence group is also a valid
+channel-layer group. Users are keyed by ``str(pk)``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from typing import Any
+
+from .exceptions import InvalidGroupName, InvalidUser
+
+MAX_NAME_LENGTH = 100
+_GROUP_NAME_RE = re.compile(r"[a-zA-Z0-9\-_.]+")
+_MAX_USER_KEY_LENGTH = 255
+
+
+def validate_group_name(group: Any) -> str:
+    """Return ``group`` if Channels accepts it as a group name, else raise.
+
+    Raises :class:`~channels_presence.exceptions.InvalidGroupName` naming the
+    value and the rule it breaks.
+    """
+    if not isinstance(group, str):
+        raise InvalidGroupName(
+            f"Group name {group!r} is a {type(group).__name__}; it must be a str."
+        )
+    if not group:
+        raise InvalidGroupName("Group name '' is empty; it needs at least one character.")
+    if len(group) >= MAX_NAME_LENGTH:
+        raise InvalidGroupName(
+            f"Group name {group[:40]!r}... is {len(group)} characters long; "
+            f"it must be shorter than {MAX_NAME_LENGTH}."
+        )
+    # fullmatch: a "$" anchor would let a trailing newline through.
+    if not _GROUP_NAME_RE.fullmatch(group):
+        raise InvalidGroupName(
+            f"Group name {group!r} may contain only ASCII letters, digits, "
+            "hyphens, underscores and periods."
+        )
+    return group
+
+
+def validate_group_names(groups: Iterable[Any]) -> tuple[str, ...]:
+    """Validate every name first, then return them without duplicates, in order."""
+    if isinstance(groups, (str, bytes)):
+        raise InvalidGroupName(
+            f"Expected a list of group names, got the single {type(groups).__name__} "
+            f"{groups!r}; wrap it in a list."
+        )
+    checked = [validate_group_name(g) for g in groups]
+    return tuple(dict.fromkeys(checked))
+
+
+def user_key(user: Any) -> str:
+    """The key a user is tracked under: ``str(pk)``.
+
+    Accepts a user object (anything with a non-``None`` ``pk``), an ``int``,
+    a ``str`` or a ``uuid.UUID``. Raises
+    :class:`~channels_presence.exceptions.InvalidUser` for anything else,
+    including anonymous users.
+    """
+    if isinstance(user, bool):
+        raise InvalidUser(f"User {user!r} is a bool; pass a user or its primary key.")
+    if hasattr(user, "pk") and not isinstance(user, (str, int)):
+        if getattr(user, "is_anonymous", False) or user.pk is None:
+            raise InvalidUser(f"User {user!r} is anonymous or unsaved; it has no primary key.")
+        user = user.pk
+    import uuid
+
+    if isinstance(user, int):
+        return str(user)
+    if isinstance(user, uuid.UUID):
+        return str(user)
+    if isinstance(user, str):
+        if not user or len(user) > _MAX_USER_KEY_LENGTH:
+            raise InvalidUser(
+                f"User key {user[:40]!r} must be 1 to {_MAX_USER_KEY_LENGTH} characters."
+            )
+        return user
+    raise InvalidUser(
+        f"User {user!r} is a {type(user).__name__}; pass a user object or its primary key "
+        "(int, str or UUID)."
+    )

@@ -1,0 +1,560 @@
+"""The embedded default store, on Django's cache API.
+
+Correct within one process: every operation runs under one process-wide lock,
+reads the few cache keys it needs and writes them back together. Population
+counts have keys of their own, so a read is one small ``get``.
+
+The state uses a handful of keys, plus three per group:
+
+``P:conns``        channel -> record (user, session, connected_at, groups, meta, deadline)
+``P:users``        user -> {channel: connected_at}
+``P:groups``       group -> live connections (the registry behind ``groups()``)
+``P:gone``         channel -> until when a removed channel must not come back
+``P:g:<group>``    channel -> user (``None`` for anonymous)
+``P:gu:<group>``   user -> connections of that user in the group
+``P:gn:<group>``   [connections, users]
+
+A local-memory cache may cull keys when it is full; each heartbeat re-writes
+whatever is missing for the live connections, so counts heal within one
+``HEARTBEAT``. Expired entries (a process sharing a non-Redis cache died) are
+swept on the heartbeat too.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import threading
+import time
+from collections.abc import Callable, Iterable
+from typing import Any, TypeVar
+
+from django.core.cache import caches
+
+from .base import (
+    Connection,
+    ConnectResult,
+    Departure,
+    GroupMember,
+    RefreshResult,
+    SessionPolicy,
+)
+
+T = TypeVar("T")
+
+_SAFE_PART = re.compile(r"[A-Za-z0-9_.!\-]{1,120}")
+# One lock for every LocalStore in the process: two stores on one cache alias
+# (after a settings change in tests) must not interleave their writes.
+_LOCK = threading.RLock()
+SWEEP_BATCH = 500
+
+
+def _part(value: str) -> str:
+    # Cache keys must stay short and free of spaces for every cache backend.
+    if _SAFE_PART.fullmatch(value):
+        return value
+    return "h" + hashlib.sha1(value.encode()).hexdigest()
+
+
+class _State:
+    """The keys one operation read, and which of them it changed."""
+
+    def __init__(self, store: LocalStore, keys: Iterable[str]) -> None:
+        self.store = store
+        self.fetched = set(keys)
+        self.values: dict[str, Any] = store.cache.get_many(list(self.fetched))
+        self.dirty: set[str] = set()
+
+    def get(self, key: str, default: Callable[[], T]) -> T:
+        if key not in self.values:
+            found = None if key in self.fetched else self.store.cache.get(key)
+            self.values[key] = default() if found is None else found
+        value: T = self.values[key]
+        return value
+
+    def mark(self, key: str) -> None:
+        self.dirty.add(key)
+
+    def save(self) -> None:
+        to_set: dict[str, Any] = {}
+        to_delete: list[str] = []
+        for key in self.dirty:
+            value = self.values[key]
+            if value in ({}, [0, 0]):
+                to_delete.append(key)
+            else:
+                to_set[key] = value
+        if to_set:
+            self.store.cache.set_many(to_set, timeout=None)
+        if to_delete:
+            self.store.cache.delete_many(to_delete)
+
+
+class LocalStore:
+    """Presence in a Django cache, correct within one process."""
+
+    def __init__(self, cache_alias: str = "default", *, prefix: str = "presence", ttl: float = 60):
+        self.cache_alias = cache_alias
+        self.cache = caches[cache_alias]
+        self.prefix = prefix
+        self.ttl = float(ttl)
+
+    def __repr__(self) -> str:
+        return f"LocalStore(cache={self.cache_alias!r}, prefix={self.prefix!r})"
+
+    # Keys -------------------------------------------------------------------
+
+    @property
+    def _conns(self) -> str:
+        return f"{self.prefix}:conns"
+
+    @property
+    def _users(self) -> str:
+        return f"{self.prefix}:users"
+
+    @property
+    def _registry(self) -> str:
+        return f"{self.prefix}:groups"
+
+    @property
+    def _gone(self) -> str:
+        return f"{self.prefix}:gone"
+
+    def _g(self, group: str) -> str:
+        return f"{self.prefix}:g:{_part(group)}"
+
+    def _gu(self, group: str) -> str:
+        return f"{self.prefix}:gu:{_part(group)}"
+
+    def _gn(self, group: str) -> str:
+        return f"{self.prefix}:gn:{_part(group)}"
+
+    def _base_keys(self) -> list[str]:
+        return [self._conns, self._users, self._registry, self._gone]
+
+    def _group_keys(self, groups: Iterable[str]) -> list[str]:
+        return [k for g in groups for k in (self._g(g), self._gu(g), self._gn(g))]
+
+    # Building blocks (called under the lock) ------------------------------------
+
+    def _live(self, state: _State, now: float) -> dict[str, dict[str, Any]]:
+        conns: dict[str, dict[str, Any]] = state.get(self._conns, dict)
+        return {ch: rec for ch, rec in conns.items() if rec["d"] > now}
+
+    def _user_live_channels(self, state: _State, user: str, now: float) -> list[str]:
+        users: dict[str, dict[str, float]] = state.get(self._users, dict)
+        conns: dict[str, dict[str, Any]] = state.get(self._conns, dict)
+        mine = users.get(user, {})
+        live = [ch for ch in mine if ch in conns and conns[ch]["d"] > now]
+        return sorted(live, key=lambda ch: (mine[ch], ch))
+
+    def _add_to_group(self, state: _State, channel: str, user: str | None, group: str) -> bool:
+        """Add one membership; return True if the user is new in the group."""
+        members: dict[str, str | None] = state.get(self._g(group), dict)
+        if channel in members:
+            return False
+        members[channel] = user
+        per_user: dict[str, int] = state.get(self._gu(group), dict)
+        counts: list[int] = state.get(self._gn(group), lambda: [0, 0])
+        registry: dict[str, int] = state.get(self._registry, dict)
+        joined = False
+        if user is not None:
+            joined = per_user.get(user, 0) == 0
+            per_user[user] = per_user.get(user, 0) + 1
+        counts[:] = [len(members), len(per_user)]
+        registry[group] = len(members)
+        for key in (self._g(group), self._gu(group), self._gn(group), self._registry):
+            state.mark(key)
+        return joined
+
+    def _remove_from_group(
+        self, state: _State, channel: str, user: str | None, group: str
+    ) -> bool:
+        """Remove one membership; return True if it was the user's last in the group."""
+        members: dict[str, str | None] = state.get(self._g(group), dict)
+        if channel not in members:
+            return False
+        del members[channel]
+        per_user: dict[str, int] = state.get(self._gu(group), dict)
+        counts: list[int] = state.get(self._gn(group), lambda: [0, 0])
+        registry: dict[str, int] = state.get(self._registry, dict)
+        left = False
+        if user is not None and user in per_user:
+            per_user[user] -= 1
+            if per_user[user] <= 0:
+                del per_user[user]
+                left = True
+        counts[:] = [len(members), len(per_user)]
+        if members:
+            registry[group] = len(members)
+        else:
+            registry.pop(group, None)
+        for key in (self._g(group), self._gu(group), self._gn(group), self._registry):
+            state.mark(key)
+        return left
+
+    def _record(self, state: _State, conn: Connection, deadline: float) -> tuple[str, ...]:
+        """Write a connection and its groups; return groups the user newly joined."""
+        conns: dict[str, dict[str, Any]] = state.get(self._conns, dict)
+        conns[conn.channel_name] = {
+            "u": conn.user,
+            "s": conn.session,
+            "t": conn.connected_at,
+            "g": list(conn.groups),
+            "m": conn.meta,
+            "d": deadline,
+        }
+        state.mark(self._conns)
+        if conn.user is not None:
+            users: dict[str, dict[str, float]] = state.get(self._users, dict)
+            users.setdefault(conn.user, {})[conn.channel_name] = conn.connected_at
+            state.mark(self._users)
+        return tuple(
+            g for g in conn.groups if self._add_to_group(state, conn.channel_name, conn.user, g)
+        )
+
+    def _remove(self, state: _State, channel: str, now: float) -> Departure | None:
+        conns: dict[str, dict[str, Any]] = state.get(self._conns, dict)
+        rec = conns.pop(channel, None)
+        if rec is None:
+            return None
+        state.mark(self._conns)
+        user: str | None = rec["u"]
+        left = tuple(g for g in rec["g"] if self._remove_from_group(state, channel, user, g))
+        offline = False
+        if user is not None:
+            users: dict[str, dict[str, float]] = state.get(self._users, dict)
+            mine = users.get(user, {})
+            mine.pop(channel, None)
+            if not mine:
+                users.pop(user, None)
+            state.mark(self._users)
+            offline = not self._user_live_channels(state, user, now)
+        return Departure(_to_connection(channel, rec), user_left=left, went_offline=offline)
+
+    def _tombstone(self, state: _State, channels: Iterable[str], now: float) -> None:
+        gone: dict[str, float] = state.get(self._gone, dict)
+        for ch in channels:
+            gone[ch] = now + self.ttl
+        for ch, until in list(gone.items()):
+            if until <= now:
+                del gone[ch]
+        state.mark(self._gone)
+
+    def _run(self, fn: Callable[[], T]) -> T:
+        with _LOCK:
+            return fn()
+
+    # Writes -----------------------------------------------------------------
+
+    def connect(self, connection: Connection, policy: SessionPolicy) -> ConnectResult:
+        def op() -> ConnectResult:
+            now = time.time()
+            conn = connection
+            if not conn.connected_at:
+                conn = _replace_time(conn, now)
+            state = _State(self, self._base_keys() + self._group_keys(conn.groups))
+            evict: list[str] = []
+            came_online = True
+            if conn.user is not None:
+                live = self._user_live_channels(state, conn.user, now)
+                came_online = not live
+                evict = self._over_limit(state, conn, live, policy)
+                if evict and policy.on_limit == "reject_new":
+                    return ConnectResult(accepted=False)
+            if conn.channel_name in state.get(self._conns, dict):
+                self._remove(state, conn.channel_name, now)
+            joined = self._record(state, conn, now + self.ttl)
+            evicted = [self._remove(state, ch, now) for ch in evict]
+            self._tombstone(state, evict, now)
+            state.save()
+            return ConnectResult(
+                accepted=True,
+                evicted=tuple(d for d in evicted if d is not None),
+                came_online=came_online,
+                user_joined=joined,
+            )
+
+        return self._run(op)
+
+    def _over_limit(
+        self, state: _State, conn: Connection, live: list[str], policy: SessionPolicy
+    ) -> list[str]:
+        """Channels to remove so that ``conn`` fits the policy, oldest session first."""
+        if policy.max_sessions is None:
+            return []
+        conns: dict[str, dict[str, Any]] = state.get(self._conns, dict)
+        sessions: dict[str, list[str]] = {}
+        for ch in live:
+            if ch == conn.channel_name:
+                continue
+            rec = conns[ch]
+            sid = ch if policy.scope == "user" else (rec["s"] or f"channel:{ch}")
+            sessions.setdefault(sid, []).append(ch)
+        new_sid = conn.channel_name if policy.scope == "user" else conn.session_id
+        if new_sid in sessions:
+            return []
+        # ``live`` is oldest first, so dict order is the order sessions began.
+        excess = len(sessions) + 1 - policy.max_sessions
+        if excess <= 0:
+            return []
+        return [ch for sid in list(sessions)[:excess] for ch in sessions[sid]]
+
+    def disconnect(self, channel_name: str) -> Departure | None:
+        def op() -> Departure | None:
+            now = time.time()
+            state = _State(self, self._base_keys())
+            departure = self._remove(state, channel_name, now)
+            state.save()
+            return departure
+
+        return self._run(op)
+
+    def join(self, channel_name: str, groups: tuple[str, ...]) -> tuple[str, ...]:
+        def op() -> tuple[str, ...]:
+            state = _State(self, self._base_keys() + self._group_keys(groups))
+            conns: dict[str, dict[str, Any]] = state.get(self._conns, dict)
+            rec = conns.get(channel_name)
+            if rec is None:
+                return ()
+            joined = []
+            for g in groups:
+                if g not in rec["g"]:
+                    rec["g"].append(g)
+                    if self._add_to_group(state, channel_name, rec["u"], g):
+                        joined.append(g)
+            state.mark(self._conns)
+            state.save()
+            return tuple(joined)
+
+        return self._run(op)
+
+    def leave(self, channel_name: str, groups: tuple[str, ...]) -> tuple[str, ...]:
+        def op() -> tuple[str, ...]:
+            state = _State(self, self._base_keys() + self._group_keys(groups))
+            conns: dict[str, dict[str, Any]] = state.get(self._conns, dict)
+            rec = conns.get(channel_name)
+            if rec is None:
+                return ()
+            left = []
+            for g in groups:
+                if g in rec["g"]:
+                    rec["g"].remove(g)
+                    if self._remove_from_group(state, channel_name, rec["u"], g):
+                        left.append(g)
+            state.mark(self._conns)
+            state.save()
+            return tuple(left)
+
+        return self._run(op)
+
+    def set_meta(self, channel_name: str, meta: dict[str, Any] | None) -> bool:
+        def op() -> bool:
+            state = _State(self, [self._conns])
+            conns: dict[str, dict[str, Any]] = state.get(self._conns, dict)
+            if channel_name not in conns:
+                return False
+            conns[channel_name]["m"] = meta
+            state.mark(self._conns)
+            state.save()
+            return True
+
+        return self._run(op)
+
+    def refresh(self, connections: tuple[Connection, ...]) -> RefreshResult:
+        def op() -> RefreshResult:
+            now = time.time()
+            groups = {g for c in connections for g in c.groups}
+            state = _State(self, self._base_keys() + self._group_keys(groups))
+            gone: dict[str, float] = state.get(self._gone, dict)
+            conns: dict[str, dict[str, Any]] = state.get(self._conns, dict)
+            closed: list[str] = []
+            restored = 0
+            for conn in connections:
+                ch = conn.channel_name
+                if gone.get(ch, 0) > now:
+                    closed.append(ch)
+                    continue
+                rec = conns.get(ch)
+                if rec is None:
+                    self._record(state, conn, now + self.ttl)
+                    restored += 1
+                    continue
+                rec["d"] = now + self.ttl
+                state.mark(self._conns)
+                # A culled group key loses members: put this one back.
+                healed = [
+                    g for g in rec["g"] if ch not in state.get(self._g(g), dict)
+                ]
+                for g in healed:
+                    self._add_to_group(state, ch, rec["u"], g)
+                if conn.user is not None and ch not in state.get(self._users, dict).get(
+                    conn.user, {}
+                ):
+                    state.get(self._users, dict).setdefault(conn.user, {})[ch] = rec["t"]
+                    state.mark(self._users)
+            local = {c.channel_name for c in connections}
+            expired = [
+                ch for ch, rec in conns.items() if rec["d"] <= now and ch not in local
+            ][:SWEEP_BATCH]
+            departures = self._remove_all(state, expired, now)
+            state.save()
+            return RefreshResult(closed=tuple(closed), expired=departures, restored=restored)
+
+        return self._run(op)
+
+    def _remove_all(self, state: _State, channels: list[str], now: float) -> tuple[Departure, ...]:
+        conns: dict[str, dict[str, Any]] = state.get(self._conns, dict)
+        groups = {g for ch in channels for g in conns.get(ch, {}).get("g", ())}
+        for key in self._group_keys(groups):
+            state.get(key, dict)
+        removed = (self._remove(state, ch, now) for ch in channels)
+        return tuple(d for d in removed if d is not None)
+
+    def disconnect_user(self, user: str) -> tuple[Departure, ...]:
+        def op() -> tuple[Departure, ...]:
+            now = time.time()
+            state = _State(self, self._base_keys())
+            users: dict[str, dict[str, float]] = state.get(self._users, dict)
+            channels = sorted(users.get(user, {}), key=lambda ch: users[user][ch])
+            departures = self._remove_all(state, channels, now)
+            self._tombstone(state, channels, now)
+            state.save()
+            return departures
+
+        return self._run(op)
+
+    def sweep(self) -> tuple[Departure, ...]:
+        def op() -> tuple[Departure, ...]:
+            now = time.time()
+            state = _State(self, self._base_keys())
+            conns: dict[str, dict[str, Any]] = state.get(self._conns, dict)
+            expired = [ch for ch, rec in conns.items() if rec["d"] <= now]
+            departures = self._remove_all(state, expired, now)
+            state.save()
+            return departures
+
+        return self._run(op)
+
+    # Reads ------------------------------------------------------------------
+
+    def group_size(self, group: str) -> int:
+        counts = self.cache.get(self._gn(group))
+        return int(counts[0]) if counts else 0
+
+    def group_user_count(self, group: str) -> int:
+        counts = self.cache.get(self._gn(group))
+        return int(counts[1]) if counts else 0
+
+    def group_sizes(self, groups: tuple[str, ...]) -> dict[str, int]:
+        found = self.cache.get_many([self._gn(g) for g in groups])
+        return {g: int(found.get(self._gn(g), (0, 0))[0]) for g in groups}
+
+    def group_members(self, group: str) -> tuple[GroupMember, ...]:
+        with _LOCK:
+            members: dict[str, str | None] = self.cache.get(self._g(group)) or {}
+            conns: dict[str, dict[str, Any]] = self.cache.get(self._conns) or {}
+        now = time.time()
+        by_user: dict[str | None, list[Connection]] = {}
+        for ch, user in members.items():
+            rec = conns.get(ch)
+            if rec is not None and rec["d"] > now:
+                by_user.setdefault(user, []).append(_to_connection(ch, rec))
+        return tuple(
+            GroupMember(user, tuple(sorted(cs, key=lambda c: c.connected_at)))
+            for user, cs in by_user.items()
+        )
+
+    def user_connections(self, user: str) -> tuple[Connection, ...]:
+        with _LOCK:
+            mine: dict[str, float] = (self.cache.get(self._users) or {}).get(user, {})
+            conns: dict[str, dict[str, Any]] = self.cache.get(self._conns) or {}
+        now = time.time()
+        live = [
+            _to_connection(ch, conns[ch]) for ch in mine if ch in conns and conns[ch]["d"] > now
+        ]
+        return tuple(sorted(live, key=lambda c: (c.connected_at, c.channel_name)))
+
+    def groups(self) -> dict[str, int]:
+        registry: dict[str, int] = self.cache.get(self._registry) or {}
+        return dict(sorted(registry.items()))
+
+    def close(self) -> None:
+        """Nothing to release: the cache belongs to Django."""
+
+    # Async forms: the operations above only touch process memory when the
+    # cache is local memory, so running them inline never blocks the loop for
+    # long; other backends do I/O and run in a worker thread.
+
+    async def _async(self, fn: Callable[..., T], *args: Any) -> T:
+        if self._inline:
+            return fn(*args)
+        from asgiref.sync import sync_to_async
+
+        return await sync_to_async(fn, thread_sensitive=False)(*args)
+
+    @property
+    def _inline(self) -> bool:
+        return type(self.cache).__name__ in ("LocMemCache", "DummyCache")
+
+    async def aconnect(self, connection: Connection, policy: SessionPolicy) -> ConnectResult:
+        return await self._async(self.connect, connection, policy)
+
+    async def adisconnect(self, channel_name: str) -> Departure | None:
+        return await self._async(self.disconnect, channel_name)
+
+    async def ajoin(self, channel_name: str, groups: tuple[str, ...]) -> tuple[str, ...]:
+        return await self._async(self.join, channel_name, groups)
+
+    async def aleave(self, channel_name: str, groups: tuple[str, ...]) -> tuple[str, ...]:
+        return await self._async(self.leave, channel_name, groups)
+
+    async def aset_meta(self, channel_name: str, meta: dict[str, Any] | None) -> bool:
+        return await self._async(self.set_meta, channel_name, meta)
+
+    async def arefresh(self, connections: tuple[Connection, ...]) -> RefreshResult:
+        return await self._async(self.refresh, connections)
+
+    async def adisconnect_user(self, user: str) -> tuple[Departure, ...]:
+        return await self._async(self.disconnect_user, user)
+
+    async def asweep(self) -> tuple[Departure, ...]:
+        return await self._async(self.sweep)
+
+    async def agroup_size(self, group: str) -> int:
+        return await self._async(self.group_size, group)
+
+    async def agroup_user_count(self, group: str) -> int:
+        return await self._async(self.group_user_count, group)
+
+    async def agroup_sizes(self, groups: tuple[str, ...]) -> dict[str, int]:
+        return await self._async(self.group_sizes, groups)
+
+    async def agroup_members(self, group: str) -> tuple[GroupMember, ...]:
+        return await self._async(self.group_members, group)
+
+    async def auser_connections(self, user: str) -> tuple[Connection, ...]:
+        return await self._async(self.user_connections, user)
+
+    async def agroups(self) -> dict[str, int]:
+        return await self._async(self.groups)
+
+    async def aclose(self) -> None:
+        self.close()
+
+
+def _to_connection(channel: str, rec: dict[str, Any]) -> Connection:
+    return Connection(
+        channel_name=channel,
+        user=rec["u"],
+        session=rec["s"],
+        connected_at=rec["t"],
+        groups=tuple(rec["g"]),
+        meta=rec["m"],
+    )
+
+
+def _replace_time(conn: Connection, now: float) -> Connection:
+    from dataclasses import replace
+
+    return replace(conn, connected_at=now)

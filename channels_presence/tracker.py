@@ -1,0 +1,287 @@
+"""The presence of one websocket connection.
+
+:class:`PresenceMiddleware` puts a :class:`PresenceTracker` in
+``scope["presence"]``; :class:`PresenceConsumerMixin` drives it. The tracker
+records the connection in the store, keeps its channel-layer groups in step
+with its presence groups, and removes everything when the connection ends,
+however it ends. Every method is safe to call twice.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from . import events
+from .conf import get_settings
+from .exceptions import InvalidMetadata, NotConnected, StoreUnavailable
+from .heartbeat import get_heartbeat
+from .logs import logger, store_failures
+from .names import validate_group_names
+from .stores import get_store
+from .stores.base import Connection, Departure, SessionPolicy
+
+if TYPE_CHECKING:
+    from .stores.base import PresenceStore
+
+#: The channel-layer message type that closes a connection.
+CLOSE_MESSAGE_TYPE = "presence.close"
+
+
+class State(enum.Enum):
+    NEW = "new"
+    CONNECTED = "connected"
+    CLOSED = "closed"
+
+
+@dataclass(frozen=True)
+class Admission:
+    """Whether a new connection may proceed, and if not, the close code."""
+
+    accepted: bool
+    close_code: int | None = None
+
+
+def close_message(code: int, reason: str) -> dict[str, Any]:
+    """The channel-layer message that asks a presence consumer to close."""
+    return {"type": CLOSE_MESSAGE_TYPE, "code": code, "reason": reason}
+
+
+def check_metadata(meta: Any) -> dict[str, Any] | None:
+    """Return ``meta`` if it is a small JSON object, else raise InvalidMetadata."""
+    if meta is None:
+        return None
+    if not isinstance(meta, dict):
+        raise InvalidMetadata(
+            f"Presence metadata must be a dict (a JSON object), not {type(meta).__name__}."
+        )
+    try:
+        encoded = json.dumps(meta, separators=(",", ":"), allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise InvalidMetadata(f"Presence metadata is not JSON-serialisable: {exc}") from None
+    limit = get_settings().METADATA_MAX_BYTES
+    size = len(encoded.encode())
+    if size > limit:
+        raise InvalidMetadata(
+            f"Presence metadata is {size} bytes as JSON; METADATA_MAX_BYTES allows {limit}."
+        )
+    decoded: dict[str, Any] = json.loads(encoded)
+    return decoded
+
+
+async def close_departed(layer: Any, departures: tuple[Departure, ...], code: int,
+                         reason: str) -> None:
+    """Ask departed connections to close and take them out of their layer groups.
+
+    Their own process may be dead; the group discards make sure a later
+    ``group_send`` does not queue messages for them either way.
+    """
+    if layer is None:
+        return
+    for departure in departures:
+        conn = departure.connection
+        try:
+            await layer.send(conn.channel_name, close_message(code, reason))
+            for group in conn.groups:
+                await layer.group_discard(group, conn.channel_name)
+        except Exception as exc:  # a layer hiccup must not fail the caller's connect
+            logger.warning("Could not close %s through the channel layer: %s",
+                           conn.channel_name, exc)
+
+
+class PresenceTracker:
+    """Presence bookkeeping for one websocket connection."""
+
+    def __init__(self, *, user: str | None, session: str | None, tracked: bool) -> None:
+        #: ``str(user.pk)``, or ``None`` when anonymous.
+        self.user = user
+        self.session = session
+        #: ``False`` for an anonymous connection under ``ANONYMOUS="ignore"``.
+        self.tracked = tracked
+        self.channel_name: str | None = None
+        self.channel_layer: Any = None
+        self.groups: tuple[str, ...] = ()
+        self.meta: dict[str, Any] | None = None
+        self.connected_at = 0.0
+        self.state = State.NEW
+        #: Whether the store holds this connection (it may not, after a store error).
+        self.recorded = False
+
+    def __repr__(self) -> str:
+        return (
+            f"<PresenceTracker user={self.user!r} channel={self.channel_name!r} "
+            f"state={self.state.value}>"
+        )
+
+    @property
+    def store(self) -> PresenceStore:
+        return get_store()
+
+    def snapshot(self) -> Connection:
+        """This connection as the store records it."""
+        assert self.channel_name is not None
+        return Connection(
+            channel_name=self.channel_name,
+            user=self.user,
+            session=self.session,
+            connected_at=self.connected_at,
+            groups=self.groups,
+            meta=self.meta,
+        )
+
+    # Lifecycle ----------------------------------------------------------------
+
+    async def aconnect(
+        self,
+        channel_layer: Any,
+        channel_name: str,
+        groups: Any = (),
+        meta: Any = None,
+    ) -> Admission:
+        """Record the connection, apply the session policy and join ``groups``.
+
+        Bad group names or metadata raise before anything is written. Returns
+        whether the connection may proceed; a refused one has joined nothing.
+        """
+        checked = validate_group_names(groups)
+        meta = check_metadata(meta)
+        if self.state is not State.NEW:
+            raise NotConnected(f"{self!r} was already connected once.")
+        conf = get_settings()
+        self.channel_layer = channel_layer
+        self.channel_name = channel_name
+        self.groups = checked
+        self.meta = meta
+        if self.tracked:
+            admission = await self._record(conf.ON_STORE_ERROR, conf.REJECT_CODE)
+            if not admission.accepted:
+                self.state = State.CLOSED
+                return admission
+        self.state = State.CONNECTED
+        for group in checked:
+            await channel_layer.group_add(group, channel_name)
+        return Admission(True)
+
+    async def _record(self, on_store_error: str, reject_code: int) -> Admission:
+        conf = get_settings()
+        policy = SessionPolicy(
+            max_sessions=conf.MAX_SESSIONS,
+            scope=conf.SESSION_SCOPE,  # type: ignore[arg-type]
+            on_limit=conf.ON_LIMIT,  # type: ignore[arg-type]
+        )
+        try:
+            result = await self.store.aconnect(self.snapshot(), policy)
+        except StoreUnavailable as exc:
+            store_failures.failed(exc)
+            if on_store_error == "reject":
+                return Admission(False, 1011)
+            # Proceed untracked; the heartbeat writes it in once the store is back.
+            get_heartbeat().add(self)
+            return Admission(True)
+        store_failures.succeeded()
+        if not result.accepted:
+            return Admission(False, reject_code)
+        self.recorded = True
+        get_heartbeat().add(self)
+        await close_departed(self.channel_layer, result.evicted, conf.CLOSE_CODE, "superseded")
+        await events.connected(self, result)
+        for departure in result.evicted:
+            await events.departed(departure, reason="superseded")
+        return Admission(True)
+
+    async def ajoin(self, groups: Any) -> tuple[str, ...]:
+        """Join more groups; returns the groups that were new for this connection."""
+        checked = validate_group_names(groups)
+        self._require_connected()
+        new = tuple(g for g in checked if g not in self.groups)
+        if not new:
+            return ()
+        self.groups = self.groups + new
+        assert self.channel_name is not None
+        for group in new:
+            await self.channel_layer.group_add(group, self.channel_name)
+        if self.tracked and self.recorded:
+            try:
+                joined = await self.store.ajoin(self.channel_name, new)
+            except StoreUnavailable as exc:
+                store_failures.failed(exc)
+            else:
+                store_failures.succeeded()
+                await events.joined(self, new, joined)
+        return new
+
+    async def aleave(self, groups: Any) -> tuple[str, ...]:
+        """Leave groups; returns the groups this connection was in."""
+        checked = validate_group_names(groups)
+        self._require_connected()
+        gone = tuple(g for g in checked if g in self.groups)
+        if not gone:
+            return ()
+        self.groups = tuple(g for g in self.groups if g not in gone)
+        assert self.channel_name is not None
+        if self.tracked and self.recorded:
+            try:
+                left = await self.store.aleave(self.channel_name, gone)
+            except StoreUnavailable as exc:
+                store_failures.failed(exc)
+            else:
+                store_failures.succeeded()
+                await events.left(self, gone, left)
+        for group in gone:
+            await self.channel_layer.group_discard(group, self.channel_name)
+        return gone
+
+    async def aset_meta(self, meta: Any) -> None:
+        """Replace this connection's metadata (a small JSON object, or None)."""
+        checked = check_metadata(meta)
+        self._require_connected()
+        self.meta = checked
+        if self.tracked and self.recorded:
+            assert self.channel_name is not None
+            try:
+                await self.store.aset_meta(self.channel_name, checked)
+            except StoreUnavailable as exc:
+                store_failures.failed(exc)
+            else:
+                store_failures.succeeded()
+
+    async def adisconnect(self) -> Departure | None:
+        """Remove the connection from the store and its layer groups; idempotent."""
+        if self.state is not State.CONNECTED:
+            self.state = State.CLOSED
+            return None
+        self.state = State.CLOSED
+        get_heartbeat().discard(self)
+        departure: Departure | None = None
+        if self.tracked:
+            assert self.channel_name is not None
+            try:
+                departure = await self.store.adisconnect(self.channel_name)
+            except StoreUnavailable as exc:
+                # The entry expires by itself within TTL.
+                store_failures.failed(exc)
+            else:
+                store_failures.succeeded()
+        self.recorded = False
+        if self.channel_layer is not None and self.channel_name is not None:
+            for group in self.groups:
+                try:
+                    await self.channel_layer.group_discard(group, self.channel_name)
+                except Exception as exc:  # cleanup goes on for the rest
+                    logger.warning("group_discard(%r) failed on close: %s", group, exc)
+        if departure is not None:
+            await events.departed(departure, reason="disconnected")
+        return departure
+
+    def _require_connected(self) -> None:
+        if self.state is not State.CONNECTED:
+            raise NotConnected(
+                f"This connection is {self.state.value}; presence groups can change only "
+                "between connect and disconnect."
+            )
+
+    def restored(self) -> None:
+        """The heartbeat wrote this connection back into the store."""
+        self.recorded = True
