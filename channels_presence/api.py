@@ -52,7 +52,7 @@ def _to_pk(key: str | None) -> Any:
     from django.contrib.auth import get_user_model
 
     try:
-        return get_user_model()._meta.pk.to_python(key)  # type: ignore[union-attr]
+        return get_user_model()._meta.pk.to_python(key)
     except Exception:  # a custom pk that cannot parse its own str(): keep the str
         return key
 
@@ -183,8 +183,10 @@ async def adisconnect_user(user: Any, code: int | None = None) -> int:
     """
     key = user_key(user)
     close_code = get_settings().CLOSE_CODE if code is None else code
-    if isinstance(close_code, bool) or not isinstance(close_code, int) or not (
-        close_code == 1000 or 3000 <= close_code <= 4999
+    if (
+        isinstance(close_code, bool)
+        or not isinstance(close_code, int)
+        or not (close_code == 1000 or 3000 <= close_code <= 4999)
     ):
         raise ValueError(f"code {code!r} must be 1000 or an integer from 3000 to 4999.")
     departures = await get_store().adisconnect_user(key)

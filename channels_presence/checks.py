@@ -73,8 +73,10 @@ def check_presence(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]
                     id="channels_presence.E004",
                 )
             )
-        elif backend in PER_PROCESS_BACKENDS and layer_backend and (
-            layer_backend not in _PER_PROCESS_LAYERS
+        elif (
+            backend in PER_PROCESS_BACKENDS
+            and layer_backend
+            and (layer_backend not in _PER_PROCESS_LAYERS)
         ):
             errors.append(
                 Warning(

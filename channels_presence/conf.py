@@ -51,9 +51,7 @@ _KNOWN_KEYS = tuple(PresenceSettings.__dataclass_fields__)
 
 
 def _bad(key: str, value: Any, expected: str) -> ImproperlyConfigured:
-    return ImproperlyConfigured(
-        f"{SETTING_NAME}[{key!r}] is {value!r}; it must be {expected}."
-    )
+    return ImproperlyConfigured(f"{SETTING_NAME}[{key!r}] is {value!r}; it must be {expected}.")
 
 
 def _number(key: str, value: Any, *, minimum: float) -> float:
@@ -72,8 +70,10 @@ def _choice(key: str, value: Any, allowed: tuple[str, ...]) -> str:
 
 def _close_code(key: str, value: Any) -> int:
     # RFC 6455: 1000 is a normal close; 3000-4999 are for libraries and apps.
-    if isinstance(value, bool) or not isinstance(value, int) or not (
-        value == 1000 or 3000 <= value <= 4999
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int)
+        or not (value == 1000 or 3000 <= value <= 4999)
     ):
         raise _bad(key, value, "1000 or an integer from 3000 to 4999 (a websocket close code)")
     return value
@@ -88,9 +88,7 @@ def build_settings(raw: Any) -> PresenceSettings:
     if raw is None:
         raw = {}
     if not isinstance(raw, Mapping):
-        raise ImproperlyConfigured(
-            f"{SETTING_NAME} is {raw!r}; it must be a dict of settings."
-        )
+        raise ImproperlyConfigured(f"{SETTING_NAME} is {raw!r}; it must be a dict of settings.")
     unknown = sorted(str(k) for k in raw if k not in _KNOWN_KEYS)
     if unknown:
         raise ImproperlyConfigured(
@@ -117,25 +115,19 @@ def build_settings(raw: Any) -> PresenceSettings:
     )
     values["ON_LIMIT"] = _choice("ON_LIMIT", raw.get("ON_LIMIT", defaults.ON_LIMIT), _ON_LIMIT)
     values["CLOSE_CODE"] = _close_code("CLOSE_CODE", raw.get("CLOSE_CODE", defaults.CLOSE_CODE))
-    values["REJECT_CODE"] = _close_code(
-        "REJECT_CODE", raw.get("REJECT_CODE", defaults.REJECT_CODE)
-    )
+    values["REJECT_CODE"] = _close_code("REJECT_CODE", raw.get("REJECT_CODE", defaults.REJECT_CODE))
 
     ttl = _number("TTL", raw.get("TTL", defaults.TTL), minimum=1)
     heartbeat_raw = raw.get("HEARTBEAT")
-    heartbeat = ttl / 3 if heartbeat_raw is None else _number(
-        "HEARTBEAT", heartbeat_raw, minimum=0.1
+    heartbeat = (
+        ttl / 3 if heartbeat_raw is None else _number("HEARTBEAT", heartbeat_raw, minimum=0.1)
     )
     if heartbeat >= ttl:
-        raise _bad(
-            "HEARTBEAT", heartbeat_raw, f"less than TTL ({ttl:g}), or left out for TTL / 3"
-        )
+        raise _bad("HEARTBEAT", heartbeat_raw, f"less than TTL ({ttl:g}), or left out for TTL / 3")
     values["TTL"] = ttl
     values["HEARTBEAT"] = heartbeat
 
-    values["ANONYMOUS"] = _choice(
-        "ANONYMOUS", raw.get("ANONYMOUS", defaults.ANONYMOUS), _ANONYMOUS
-    )
+    values["ANONYMOUS"] = _choice("ANONYMOUS", raw.get("ANONYMOUS", defaults.ANONYMOUS), _ANONYMOUS)
     prefix = raw.get("KEY_PREFIX", defaults.KEY_PREFIX)
     if not isinstance(prefix, str) or not _KEY_PREFIX_RE.fullmatch(prefix):
         raise _bad(
@@ -155,9 +147,7 @@ def build_settings(raw: Any) -> PresenceSettings:
         raise _bad("DISCONNECT_ON_LOGOUT", logout, "True or False")
     values["DISCONNECT_ON_LOGOUT"] = logout
     meta_max = raw.get("METADATA_MAX_BYTES", defaults.METADATA_MAX_BYTES)
-    if isinstance(meta_max, bool) or not isinstance(meta_max, int) or not (
-        0 <= meta_max <= 65536
-    ):
+    if isinstance(meta_max, bool) or not isinstance(meta_max, int) or not (0 <= meta_max <= 65536):
         raise _bad("METADATA_MAX_BYTES", meta_max, "an integer from 0 to 65536")
     values["METADATA_MAX_BYTES"] = meta_max
     return PresenceSettings(**values)

@@ -39,7 +39,7 @@ from django.core.exceptions import ImproperlyConfigured
 from .conf import get_settings
 from .logs import logger
 from .names import validate_group_names
-from .tracker import CLOSE_MESSAGE_TYPE, PresenceTracker
+from .tracker import CLOSE_MESSAGE_TYPE, PresenceTracker, State
 
 _MIXIN_HANDLERS = {CLOSE_MESSAGE_TYPE: "presence_close"}
 # Close codes a presence.close message may carry.
@@ -130,6 +130,7 @@ class PresenceConsumerMixin:
 
     def _presence_call(self, coro: Awaitable[Any]) -> Any:
         if self._sync:
+
             async def run() -> Any:
                 return await coro
 
@@ -191,17 +192,20 @@ class PresenceConsumerMixin:
         from a client frame.
         """
         tracker = self.presence
-        if tracker.state.value != "connected":
+        if tracker.state is not State.CONNECTED:
             return
         code = message.get("code")
-        if not isinstance(code, int) or isinstance(code, bool) or not (
-            code in _ALLOWED_CLOSE or 3000 <= code <= 4999
+        if (
+            not isinstance(code, int)
+            or isinstance(code, bool)
+            or not (code in _ALLOWED_CLOSE or 3000 <= code <= 4999)
         ):
             code = get_settings().CLOSE_CODE
         reason = message.get("reason")
         reason = reason if isinstance(reason, str) else "superseded"
         try:
-            hook = self.presence_closing
+            # A sync consumer may define a plain method here.
+            hook: Any = self.presence_closing
             if inspect.iscoroutinefunction(hook):
                 await hook(reason, code)
             else:

@@ -36,8 +36,7 @@ async def send(signal: Signal, **kwargs: Any) -> None:
         return
     for receiver, result in results:
         if isinstance(result, Exception):
-            logger.error("Presence signal receiver %r raised %r", receiver, result,
-                         exc_info=result)
+            logger.error("Presence signal receiver %r raised %r", receiver, result, exc_info=result)
 
 
 async def connected(tracker: PresenceTracker, result: ConnectResult) -> None:
@@ -51,16 +50,18 @@ async def connected(tracker: PresenceTracker, result: ConnectResult) -> None:
         await send(signals.user_joined_group, user=tracker.user, group=group)
 
 
-async def joined(tracker: PresenceTracker, groups: tuple[str, ...],
-                 user_joined: tuple[str, ...]) -> None:
+async def joined(
+    tracker: PresenceTracker, groups: tuple[str, ...], user_joined: tuple[str, ...]
+) -> None:
     if tracker.user is None:
         return
     for group in user_joined:
         await send(signals.user_joined_group, user=tracker.user, group=group)
 
 
-async def left(tracker: PresenceTracker, groups: tuple[str, ...],
-               user_left: tuple[str, ...]) -> None:
+async def left(
+    tracker: PresenceTracker, groups: tuple[str, ...], user_left: tuple[str, ...]
+) -> None:
     if tracker.user is None:
         return
     for group in user_left:

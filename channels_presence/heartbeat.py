@@ -85,14 +85,13 @@ class Heartbeat:
         for tracker in trackers:
             tracker.restored()
         if result.restored:
-            logger.info("Presence heartbeat wrote back %d missing connection(s).",
-                        result.restored)
+            logger.info("Presence heartbeat wrote back %d missing connection(s).", result.restored)
         conf = get_settings()
         for channel in result.closed:
-            tracker = self.trackers.get(channel)
-            if tracker is not None and tracker.channel_layer is not None:
-                tracker.recorded = False
-                await tracker.channel_layer.send(
+            closing = self.trackers.get(channel)
+            if closing is not None and closing.channel_layer is not None:
+                closing.recorded = False
+                await closing.channel_layer.send(
                     channel, close_message(conf.CLOSE_CODE, "superseded")
                 )
         if result.expired:

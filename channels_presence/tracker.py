@@ -71,8 +71,9 @@ def check_metadata(meta: Any) -> dict[str, Any] | None:
     return decoded
 
 
-async def close_departed(layer: Any, departures: tuple[Departure, ...], code: int,
-                         reason: str) -> None:
+async def close_departed(
+    layer: Any, departures: tuple[Departure, ...], code: int, reason: str
+) -> None:
     """Ask departed connections to close and take them out of their layer groups.
 
     Their own process may be dead; the group discards make sure a later
@@ -87,8 +88,9 @@ async def close_departed(layer: Any, departures: tuple[Departure, ...], code: in
             for group in conn.groups:
                 await layer.group_discard(group, conn.channel_name)
         except Exception as exc:  # a layer hiccup must not fail the caller's connect
-            logger.warning("Could not close %s through the channel layer: %s",
-                           conn.channel_name, exc)
+            logger.warning(
+                "Could not close %s through the channel layer: %s", conn.channel_name, exc
+            )
 
 
 class PresenceTracker:

@@ -2,18 +2,27 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
 from django.test import override_settings
+from hypothesis import HealthCheck
+from hypothesis import settings as hypothesis_settings
 
 from channels_presence.stores import reset_store
 from tests.redis_server import RedisServer, find_redis_server
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+# Other work shares the machine: judge hypothesis tests by their findings, not speed.
+hypothesis_settings.register_profile(
+    "presence", deadline=None, suppress_health_check=[HealthCheck.too_slow], max_examples=200
+)
+hypothesis_settings.load_profile("presence")
 
 
 def _no_redis(reason: str) -> None:
@@ -89,3 +98,67 @@ def _fresh_presence_state() -> Iterator[None]:
             caches[alias].clear()
     yield
     reset_store()
+
+
+class FakeUser:
+    """What AuthMiddlewareStack puts in the scope for a logged-in user, minus the DB."""
+
+    is_authenticated = True
+    is_anonymous = False
+
+    def __init__(self, pk: Any) -> None:
+        self.pk = pk
+
+    def __repr__(self) -> str:
+        return f"FakeUser({self.pk!r})"
+
+
+class FakeSession:
+    def __init__(self, key: str | None) -> None:
+        self.session_key = key
+
+
+@pytest.fixture
+async def ws() -> AsyncIterator[Any]:
+    """Open websocket clients against tests.asgi; all are closed after the test.
+
+    ``await ws("/ws/lobby/", user=1, session="s1")`` connects and returns the
+    communicator; ``user=None`` is anonymous; ``expect=False`` skips the
+    connected assertion.
+    """
+    from channels.testing import WebsocketCommunicator
+    from django.contrib.auth.models import AnonymousUser
+
+    from tests.asgi import application
+
+    opened: list[WebsocketCommunicator] = []
+
+    async def open_ws(
+        path: str = "/ws/lobby/",
+        user: Any = None,
+        session: str | None = None,
+        app: Any = None,
+        expect: bool = True,
+    ) -> WebsocketCommunicator:
+        comm = WebsocketCommunicator(app or application, path)
+        comm.scope["user"] = FakeUser(user) if user is not None else AnonymousUser()
+        comm.scope["session"] = FakeSession(session)
+        connected, _ = await comm.connect(timeout=3)
+        if expect:
+            assert connected, f"{path} as {user!r} was not accepted"
+        opened.append(comm)
+        return comm
+
+    yield open_ws
+    for comm in opened:
+        # Already closed or crashed: nothing left to clean.
+        with contextlib.suppress(BaseException):
+            await comm.disconnect(timeout=1)
+
+
+@pytest.fixture(autouse=True)
+def _allow_connection_housekeeping(django_db_blocker: Any) -> Iterator[None]:
+    # Channels calls close_old_connections() around handlers; that only looks
+    # at the connection, but pytest-django would refuse even that.
+    with django_db_blocker.unblock():
+        yield

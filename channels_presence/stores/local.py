@@ -167,9 +167,7 @@ class LocalStore:
             state.mark(key)
         return joined
 
-    def _remove_from_group(
-        self, state: _State, channel: str, user: str | None, group: str
-    ) -> bool:
+    def _remove_from_group(self, state: _State, channel: str, user: str | None, group: str) -> bool:
         """Remove one membership; return True if it was the user's last in the group."""
         members: dict[str, str | None] = state.get(self._g(group), dict)
         if channel not in members:
@@ -383,20 +381,17 @@ class LocalStore:
                 rec["d"] = now + self.ttl
                 state.mark(self._conns)
                 # A culled group key loses members: put this one back.
-                healed = [
-                    g for g in rec["g"] if ch not in state.get(self._g(g), dict)
-                ]
+                healed = [g for g in rec["g"] if ch not in state.get(self._g(g), dict)]
                 for g in healed:
                     self._add_to_group(state, ch, rec["u"], g)
-                if conn.user is not None and ch not in state.get(self._users, dict).get(
-                    conn.user, {}
-                ):
-                    state.get(self._users, dict).setdefault(conn.user, {})[ch] = rec["t"]
+                users: dict[str, dict[str, float]] = state.get(self._users, dict)
+                if conn.user is not None and ch not in users.get(conn.user, {}):
+                    users.setdefault(conn.user, {})[ch] = rec["t"]
                     state.mark(self._users)
             local = {c.channel_name for c in connections}
-            expired = [
-                ch for ch, rec in conns.items() if rec["d"] <= now and ch not in local
-            ][:SWEEP_BATCH]
+            expired = [ch for ch, rec in conns.items() if rec["d"] <= now and ch not in local][
+                :SWEEP_BATCH
+            ]
             departures = self._remove_all(state, expired, now)
             state.save()
             return RefreshResult(closed=tuple(closed), expired=departures, restored=restored)

@@ -1,0 +1,519 @@
+"""The store contract: every store must behave the same through the protocol.
+
+Each test runs against every store (the embedded LocalStore and RedisStore on
+a real Redis) and through both forms of each operation (``aconnect`` and
+``connect``...), via the ``store`` fixture.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import pytest
+
+from channels_presence.stores.base import (
+    Connection,
+    ConnectResult,
+    Departure,
+    PresenceStore,
+    SessionPolicy,
+)
+
+try:
+    from channels_presence.stores.local import LocalStore
+except ImportError:  # pragma: no cover - only while the embedded store is being written
+    LocalStore = None  # type: ignore[assignment,misc]
+
+UNLIMITED = SessionPolicy(max_sessions=None)
+ONE = SessionPolicy(max_sessions=1)
+TTL = 60.0
+
+
+def conn(
+    channel: str,
+    user: str | None = "u1",
+    session: str | None = None,
+    groups: tuple[str, ...] = (),
+    meta: dict[str, Any] | None = None,
+) -> Connection:
+    """A new connection as a consumer would hand it to the store."""
+    return Connection(channel, user, session, groups=groups, meta=meta)
+
+
+class Api:
+    """One store seen through either its async or its sync methods.
+
+    ``await api.connect(...)`` runs ``store.aconnect`` or ``store.connect``,
+    so each test body checks both forms.
+    """
+
+    def __init__(self, store: PresenceStore, mode: str, wipe: Callable[[], None]) -> None:
+        self.store = store
+        self.mode = mode
+        #: Lose everything the store holds, as a flush or restart would.
+        self.wipe = wipe
+
+    def __getattr__(self, name: str) -> Callable[..., Awaitable[Any]]:
+        if self.mode == "async":
+            method: Callable[..., Awaitable[Any]] = getattr(self.store, f"a{name}")
+            return method
+        sync = getattr(self.store, name)
+
+        async def call(*args: Any) -> Any:
+            return sync(*args)
+
+        return call
+
+    def __repr__(self) -> str:
+        return f"<{self.mode} {self.store!r}>"
+
+
+def _local(key_prefix: str, ttl: float, request: pytest.FixtureRequest) -> tuple[Any, Any]:
+    from django.core.cache import caches
+
+    store = LocalStore("default", prefix=key_prefix, ttl=ttl)
+    return store, caches["default"].clear
+
+
+def _redis(key_prefix: str, ttl: float, request: pytest.FixtureRequest) -> tuple[Any, Any]:
+    import redis
+
+    from channels_presence.stores.redis import RedisStore
+
+    url = request.getfixturevalue("redis_url")
+    store = RedisStore(url, prefix=key_prefix, ttl=ttl)
+
+    def wipe() -> None:
+        with redis.Redis.from_url(url) as client:
+            keys = list(client.scan_iter(match=f"{key_prefix}:*", count=1000))
+            if keys:
+                client.delete(*keys)
+
+    return store, wipe
+
+
+STORES = [
+    pytest.param(
+        _local,
+        id="local",
+        marks=pytest.mark.skipif(LocalStore is None, reason="LocalStore is not written yet"),
+    ),
+    pytest.param(_redis, id="redis", marks=pytest.mark.redis),
+]
+
+
+@pytest.fixture(params=STORES)
+def make_store(
+    request: pytest.FixtureRequest, key_prefix: str
+) -> Callable[..., tuple[PresenceStore, Callable[[], None]]]:
+    """Build the store under test (with a TTL of the test's choosing)."""
+    made: list[Any] = []
+
+    def make(ttl: float = TTL) -> tuple[PresenceStore, Callable[[], None]]:
+        store, wipe = request.param(key_prefix, ttl, request)
+        made.append(store)
+        return store, wipe
+
+    yield make  # type: ignore[misc]
+    for store in made:
+        store.close()
+
+
+@pytest.fixture(params=["async", "sync"])
+async def store(
+    request: pytest.FixtureRequest, make_store: Callable[..., Any]
+) -> AsyncIterator[Api]:
+    """The store under test, through its async or its sync methods."""
+    raw, wipe = make_store()
+    yield Api(raw, request.param, wipe)
+    if request.param == "async":
+        await raw.aclose()
+
+
+def channels(departures: tuple[Departure, ...]) -> list[str]:
+    return [d.connection.channel_name for d in departures]
+
+
+async def populations(store: Api, group: str) -> tuple[int, int]:
+    return await store.group_size(group), await store.group_user_count(group)
+
+
+# Connecting ------------------------------------------------------------------
+
+
+async def test_connect_records_the_connection(store: Api) -> None:
+    result = await store.connect(
+        conn("c1", "u1", "s1", groups=("room",), meta={"tab": 1}), UNLIMITED
+    )
+
+    assert result == ConnectResult(accepted=True, came_online=True, user_joined=("room",))
+    [recorded] = await store.user_connections("u1")
+    assert recorded.channel_name == "c1"
+    assert (recorded.user, recorded.session, recorded.groups) == ("u1", "s1", ("room",))
+    assert recorded.meta == {"tab": 1}
+    assert recorded.connected_at == pytest.approx(time.time(), abs=5)
+    assert await populations(store, "room") == (1, 1)
+    assert await store.groups() == {"room": 1}
+
+
+async def test_second_connection_of_a_user_is_not_coming_online(store: Api) -> None:
+    await store.connect(conn("c1", groups=("room",)), UNLIMITED)
+
+    result = await store.connect(conn("c2", groups=("room", "lobby")), UNLIMITED)
+
+    assert result.came_online is False
+    assert result.user_joined == ("lobby",)
+    assert await populations(store, "room") == (2, 1)
+    assert await populations(store, "lobby") == (1, 1)
+
+
+async def test_user_connections_are_oldest_first(store: Api) -> None:
+    for channel in ("c1", "c2", "c3"):
+        await store.connect(conn(channel), UNLIMITED)
+
+    found = await store.user_connections("u1")
+
+    assert [c.channel_name for c in found] == ["c1", "c2", "c3"]
+    assert [c.connected_at for c in found] == sorted(c.connected_at for c in found)
+
+
+async def test_anonymous_connections_count_as_connections_not_users(store: Api) -> None:
+    for channel in ("a1", "a2", "a3"):
+        result = await store.connect(conn(channel, user=None, groups=("room",)), ONE)
+        assert result.accepted and result.evicted == ()
+        assert result.user_joined == ()
+    await store.connect(conn("c1", "u1", groups=("room",)), ONE)
+
+    assert await populations(store, "room") == (4, 1)
+    members = {m.user: len(m.connections) for m in await store.group_members("room")}
+    assert members == {None: 3, "u1": 1}
+
+
+async def test_group_members_groups_connections_by_user(store: Api) -> None:
+    await store.connect(conn("c1", "u1", groups=("room",)), UNLIMITED)
+    await store.connect(conn("c2", "u2", groups=("room",)), UNLIMITED)
+    await store.connect(conn("c3", "u1", groups=("room",)), UNLIMITED)
+    await store.connect(conn("c4", "u3", groups=("elsewhere",)), UNLIMITED)
+
+    members = await store.group_members("room")
+
+    assert sorted((m.user, [c.channel_name for c in m.connections]) for m in members) == [
+        ("u1", ["c1", "c3"]),
+        ("u2", ["c2"]),
+    ]
+    assert await store.group_members("nobody-here") == ()
+
+
+async def test_group_sizes_reads_many_groups(store: Api) -> None:
+    await store.connect(conn("c1", "u1", groups=("a", "b")), UNLIMITED)
+    await store.connect(conn("c2", "u2", groups=("a",)), UNLIMITED)
+
+    assert await store.group_sizes(("a", "b", "empty")) == {"a": 2, "b": 1, "empty": 0}
+    assert await store.group_sizes(()) == {}
+    assert await store.groups() == {"a": 2, "b": 1}
+
+
+# Disconnecting ---------------------------------------------------------------
+
+
+async def test_disconnect_reports_what_changed(store: Api) -> None:
+    await store.connect(conn("c1", groups=("room", "lobby")), UNLIMITED)
+    await store.connect(conn("c2", groups=("room",)), UNLIMITED)
+
+    first = await store.disconnect("c2")
+    assert first is not None
+    assert first.connection.channel_name == "c2"
+    assert first.connection.groups == ("room",)
+    assert (first.user_left, first.went_offline) == ((), False)
+
+    last = await store.disconnect("c1")
+    assert last is not None
+    assert sorted(last.user_left) == ["lobby", "room"]
+    assert last.went_offline is True
+
+
+async def test_disconnect_of_an_unknown_channel_is_none(store: Api) -> None:
+    assert await store.disconnect("never-connected") is None
+
+
+async def test_counts_go_back_to_zero_and_never_below(store: Api) -> None:
+    await store.connect(conn("c1", "u1", groups=("room",)), UNLIMITED)
+    await store.connect(conn("c2", "u2", groups=("room",)), UNLIMITED)
+    await store.connect(conn("a1", None, groups=("room",)), UNLIMITED)
+
+    for channel in ("c1", "c2", "a1"):
+        assert await store.disconnect(channel) is not None
+    # Everything again, twice over: nothing may go negative.
+    for channel in ("c1", "c2", "a1"):
+        assert await store.disconnect(channel) is None
+        assert await store.leave(channel, ("room",)) == ()
+
+    assert await populations(store, "room") == (0, 0)
+    assert await store.group_sizes(("room",)) == {"room": 0}
+    assert await store.group_members("room") == ()
+    assert await store.user_connections("u1") == ()
+    assert await store.groups() == {}
+
+
+# Groups ----------------------------------------------------------------------
+
+
+async def test_join_returns_groups_the_user_newly_joined(store: Api) -> None:
+    await store.connect(conn("c1", groups=("room",)), UNLIMITED)
+    await store.connect(conn("c2"), UNLIMITED)
+
+    assert await store.join("c2", ("room", "lobby")) == ("lobby",)
+    assert await store.join("c2", ("lobby",)) == ()
+    assert await populations(store, "room") == (2, 1)
+    assert await populations(store, "lobby") == (1, 1)
+    [_, c2] = await store.user_connections("u1")
+    assert sorted(c2.groups) == ["lobby", "room"]
+
+
+async def test_join_of_an_unknown_channel_changes_nothing(store: Api) -> None:
+    assert await store.join("ghost", ("room",)) == ()
+    assert await populations(store, "room") == (0, 0)
+
+
+async def test_leave_returns_groups_the_user_is_no_longer_in(store: Api) -> None:
+    await store.connect(conn("c1", groups=("room", "lobby")), UNLIMITED)
+    await store.connect(conn("c2", groups=("room",)), UNLIMITED)
+
+    assert await store.leave("c1", ("room", "lobby", "never-joined")) == ("lobby",)
+    assert await populations(store, "room") == (1, 1)
+    assert await populations(store, "lobby") == (0, 0)
+    assert await store.leave("c2", ("room",)) == ("room",)
+    assert await populations(store, "room") == (0, 0)
+    assert await store.groups() == {}
+    # Still connected, in no group.
+    assert [c.channel_name for c in await store.user_connections("u1")] == ["c1", "c2"]
+
+
+async def test_set_meta_replaces_the_metadata(store: Api) -> None:
+    await store.connect(conn("c1", meta={"a": 1}), UNLIMITED)
+
+    assert await store.set_meta("c1", {"b": [1, 2], "empty": {}}) is True
+    [found] = await store.user_connections("u1")
+    assert found.meta == {"b": [1, 2], "empty": {}}
+    assert await store.set_meta("c1", None) is True
+    [found] = await store.user_connections("u1")
+    assert found.meta is None
+    assert await store.set_meta("ghost", {"a": 1}) is False
+
+
+# Session limits --------------------------------------------------------------
+
+
+async def test_close_oldest_evicts_the_oldest_connection(store: Api) -> None:
+    policy = SessionPolicy(max_sessions=2)
+    await store.connect(conn("c1", groups=("old",)), policy)
+    await store.connect(conn("c2", groups=("room",)), policy)
+
+    result = await store.connect(conn("c3", groups=("room",)), policy)
+
+    assert result.accepted is True
+    assert channels(result.evicted) == ["c1"]
+    [evicted] = result.evicted
+    # Computed after c3 was recorded: the user is still online, has left "old".
+    assert (evicted.user_left, evicted.went_offline) == (("old",), False)
+    assert result.came_online is False
+    assert result.user_joined == ()
+    assert [c.channel_name for c in await store.user_connections("u1")] == ["c2", "c3"]
+    assert await populations(store, "old") == (0, 0)
+
+
+async def test_eviction_within_a_shared_group_is_not_a_leave(store: Api) -> None:
+    await store.connect(conn("c1", groups=("room",)), ONE)
+
+    result = await store.connect(conn("c2", groups=("room",)), ONE)
+
+    [evicted] = result.evicted
+    assert evicted.connection.channel_name == "c1"
+    assert (evicted.user_left, evicted.went_offline) == ((), False)
+    assert (result.came_online, result.user_joined) == (False, ())
+    assert await populations(store, "room") == (1, 1)
+
+
+async def test_limits_are_per_user(store: Api) -> None:
+    await store.connect(conn("c1", "u1"), ONE)
+
+    result = await store.connect(conn("c2", "u2"), ONE)
+
+    assert result.evicted == ()
+    assert result.came_online is True
+
+
+async def test_reject_new_refuses_and_writes_nothing(store: Api) -> None:
+    policy = SessionPolicy(max_sessions=1, on_limit="reject_new")
+    await store.connect(conn("c1", "u1", "s1", groups=("room",)), policy)
+    before = (
+        await store.user_connections("u1"),
+        await store.group_members("room"),
+        await store.groups(),
+    )
+
+    result = await store.connect(conn("c2", "u1", "s2", groups=("room", "new")), policy)
+
+    assert result == ConnectResult(accepted=False)
+    after = (
+        await store.user_connections("u1"),
+        await store.group_members("room"),
+        await store.groups(),
+    )
+    assert after == before
+    assert await populations(store, "new") == (0, 0)
+    assert await store.set_meta("c2", {}) is False
+
+
+async def test_unlimited_sessions_never_evict(store: Api) -> None:
+    for i in range(10):
+        result = await store.connect(conn(f"c{i}"), UNLIMITED)
+        assert result.evicted == ()
+    assert len(await store.user_connections("u1")) == 10
+
+
+async def test_session_scope_counts_django_sessions_not_tabs(store: Api) -> None:
+    policy = SessionPolicy(max_sessions=1, scope="session")
+    await store.connect(conn("tab1", session="s1", groups=("room",)), policy)
+
+    second_tab = await store.connect(conn("tab2", session="s1", groups=("room",)), policy)
+    assert second_tab.evicted == ()
+    assert await populations(store, "room") == (2, 1)
+
+    other_browser = await store.connect(conn("tab3", session="s2", groups=("lobby",)), policy)
+    assert sorted(channels(other_browser.evicted)) == ["tab1", "tab2"]
+    # The whole old session went, and with it the user's presence in "room"
+    # (reported once, on its last connection).
+    left = [d.user_left for d in other_browser.evicted]
+    assert sorted(left) == [(), ("room",)]
+    assert not any(d.went_offline for d in other_browser.evicted)
+    assert other_browser.user_joined == ("lobby",)
+    assert [c.channel_name for c in await store.user_connections("u1")] == ["tab3"]
+    assert await populations(store, "room") == (0, 0)
+
+
+async def test_session_scope_connection_without_session_is_its_own(store: Api) -> None:
+    policy = SessionPolicy(max_sessions=2, scope="session")
+    await store.connect(conn("c1", session=None), policy)
+    await store.connect(conn("c2", session=None), policy)
+
+    result = await store.connect(conn("c3", session=None), policy)
+
+    assert channels(result.evicted) == ["c1"]
+
+
+async def test_session_scope_evicts_the_oldest_session(store: Api) -> None:
+    policy = SessionPolicy(max_sessions=2, scope="session")
+    await store.connect(conn("a1", session="sa"), policy)
+    await store.connect(conn("b1", session="sb"), policy)
+    # A later tab of the oldest session does not make that session newer.
+    await store.connect(conn("a2", session="sa"), policy)
+
+    result = await store.connect(conn("c1", session="sc"), policy)
+
+    assert sorted(channels(result.evicted)) == ["a1", "a2"]
+    remaining = [c.channel_name for c in await store.user_connections("u1")]
+    assert remaining == ["b1", "c1"]
+
+
+# Disconnecting a user --------------------------------------------------------
+
+
+async def test_disconnect_user_removes_every_connection(store: Api) -> None:
+    await store.connect(conn("c1", "u1", groups=("room", "lobby")), UNLIMITED)
+    await store.connect(conn("c2", "u1", groups=("room",)), UNLIMITED)
+    await store.connect(conn("c3", "u2", groups=("room",)), UNLIMITED)
+
+    departures = await store.disconnect_user("u1")
+
+    assert sorted(channels(departures)) == ["c1", "c2"]
+    left = sorted(g for d in departures for g in d.user_left)
+    assert left == ["lobby", "room"]  # each group exactly once
+    assert [d.went_offline for d in departures].count(True) == 1
+    assert await store.user_connections("u1") == ()
+    assert await populations(store, "room") == (1, 1)
+    assert await store.disconnect_user("u1") == ()
+    assert await store.disconnect_user("nobody") == ()
+
+
+# Heartbeats --------------------------------------------------------------------
+
+
+async def test_refresh_keeps_connections_and_reports_nothing(store: Api) -> None:
+    c1 = conn("c1", groups=("room",))
+    await store.connect(c1, UNLIMITED)
+
+    result = await store.refresh((c1,))
+
+    assert (result.closed, result.expired, result.restored) == ((), (), 0)
+    assert await populations(store, "room") == (1, 1)
+    assert (await store.refresh(())).closed == ()
+
+
+async def test_refresh_reports_connections_removed_elsewhere(store: Api) -> None:
+    local = (conn("c1", "u1"), conn("c2", "u2"), conn("c3", "u3"))
+    for c in local:
+        await store.connect(c, UNLIMITED)
+    await store.connect(conn("c1-new", "u1"), ONE)  # evicts c1
+    await store.disconnect_user("u2")  # removes c2
+
+    result = await store.refresh(local)
+
+    assert sorted(result.closed) == ["c1", "c2"]
+    assert result.restored == 0
+    # A heartbeat never brings them back.
+    assert [c.channel_name for c in await store.user_connections("u1")] == ["c1-new"]
+    assert await store.user_connections("u2") == ()
+
+
+async def test_refresh_restores_what_the_store_lost(store: Api) -> None:
+    local = (
+        conn("c1", "u1", "s1", groups=("room",), meta={"x": 1}),
+        conn("c2", "u2", groups=("room", "lobby")),
+        conn("a1", None, groups=("room",)),
+    )
+    for c in local:
+        await store.connect(c, UNLIMITED)
+    store.wipe()
+    assert await populations(store, "room") == (0, 0)
+
+    result = await store.refresh(local)
+
+    assert result.restored == 3
+    assert result.closed == ()
+    assert await populations(store, "room") == (3, 2)
+    assert await populations(store, "lobby") == (1, 1)
+    assert await store.groups() == {"lobby": 1, "room": 3}
+    [c1] = await store.user_connections("u1")
+    assert (c1.session, c1.meta, c1.groups) == ("s1", {"x": 1}, ("room",))
+    # Restored once; the next heartbeat finds them in place.
+    assert (await store.refresh(local)).restored == 0
+
+
+# Expiry ----------------------------------------------------------------------
+
+
+async def test_expired_connections_are_not_counted_and_swept_once(
+    make_store: Callable[..., Any],
+) -> None:
+    store, _ = make_store(ttl=1)
+    await store.aconnect(conn("c1", "u1", groups=("room",)), UNLIMITED)
+    await store.aconnect(conn("c2", "u2", groups=("room",)), UNLIMITED)
+    kept = conn("c2", "u2", groups=("room",))
+    time.sleep(0.6)
+    await store.arefresh((kept,))
+    time.sleep(0.6)
+
+    # c1's time ran out; c2's heartbeat kept it.
+    assert await store.agroup_size("room") == 1
+    assert await store.agroup_user_count("room") == 1
+    assert [c.channel_name for c in await store.auser_connections("u1")] == []
+
+    swept = await store.asweep()
+    assert channels(swept) == ["c1"]
+    [departure] = swept
+    assert (departure.user_left, departure.went_offline) == (("room",), True)
+    assert await store.asweep() == ()
+    await store.aclose()
