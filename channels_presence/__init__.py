@@ -24,6 +24,7 @@ if TYPE_CHECKING:
         agroup_user_count,
         agroups,
         ais_online,
+        asweep,
         auser_channels,
         auser_connections,
         disconnect_user,
@@ -35,6 +36,7 @@ if TYPE_CHECKING:
         group_user_count,
         groups,
         is_online,
+        sweep,
         user_channels,
         user_connections,
     )
@@ -50,6 +52,7 @@ __all__ = [
     "agroup_user_count",
     "agroups",
     "ais_online",
+    "asweep",
     "auser_channels",
     "auser_connections",
     "disconnect_user",
@@ -61,6 +64,7 @@ __all__ = [
     "group_user_count",
     "groups",
     "is_online",
+    "sweep",
     "user_channels",
     "user_connections",
 ]

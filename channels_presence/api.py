@@ -29,6 +29,7 @@ __all__ = [
     "agroup_user_count",
     "agroups",
     "ais_online",
+    "asweep",
     "auser_channels",
     "auser_connections",
     "disconnect_user",
@@ -40,6 +41,7 @@ __all__ = [
     "group_user_count",
     "groups",
     "is_online",
+    "sweep",
     "user_channels",
     "user_connections",
 ]
@@ -201,6 +203,27 @@ async def adisconnect_user(user: Any, code: int | None = None) -> int:
 def disconnect_user(user: Any, code: int | None = None) -> int:
     """Sync twin of :func:`adisconnect_user`."""
     return async_to_sync(adisconnect_user)(user, code)
+
+
+async def asweep() -> list[Connection]:
+    """Remove every expired entry now (the heartbeats also do it, in batches).
+
+    Swept connections are taken out of their channel-layer groups and get
+    their leave events. Returns what was removed.
+    """
+    from . import events
+    from .heartbeat import EXPIRED_CLOSE_CODE
+
+    departures = await get_store().asweep()
+    await close_departed(get_channel_layer(), departures, EXPIRED_CLOSE_CODE, "expired")
+    for departure in departures:
+        await events.departed(departure, reason="expired")
+    return [d.connection for d in departures]
+
+
+def sweep() -> list[Connection]:
+    """Sync twin of :func:`asweep`."""
+    return async_to_sync(asweep)()
 
 
 async def agroup_send(group: str, message: dict[str, Any]) -> int:

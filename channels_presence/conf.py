@@ -43,6 +43,7 @@ class PresenceSettings:
     KEY_PREFIX: str = "presence"
     ON_STORE_ERROR: str = "allow"
     LEAVE_GRACE: float = 3.0
+    DIFF_INTERVAL: float = 1.0
     DISCONNECT_ON_LOGOUT: bool = True
     METADATA_MAX_BYTES: int = 1024
 
@@ -141,6 +142,9 @@ def build_settings(raw: Any) -> PresenceSettings:
     )
     values["LEAVE_GRACE"] = _number(
         "LEAVE_GRACE", raw.get("LEAVE_GRACE", defaults.LEAVE_GRACE), minimum=0
+    )
+    values["DIFF_INTERVAL"] = _number(
+        "DIFF_INTERVAL", raw.get("DIFF_INTERVAL", defaults.DIFF_INTERVAL), minimum=0.01
     )
     logout = raw.get("DISCONNECT_ON_LOGOUT", defaults.DISCONNECT_ON_LOGOUT)
     if not isinstance(logout, bool):

@@ -36,12 +36,14 @@ from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncWebsocketConsumer, WebsocketConsumer
 from django.core.exceptions import ImproperlyConfigured
 
+from . import events
 from .conf import get_settings
+from .events import DIFF_MESSAGE_TYPE
 from .logs import logger
 from .names import validate_group_names
 from .tracker import CLOSE_MESSAGE_TYPE, PresenceTracker, State
 
-_MIXIN_HANDLERS = {CLOSE_MESSAGE_TYPE: "presence_close"}
+_MIXIN_HANDLERS = {CLOSE_MESSAGE_TYPE: "presence_close", DIFF_MESSAGE_TYPE: "_presence_diff"}
 # Close codes a presence.close message may carry.
 _ALLOWED_CLOSE = {1000, 1001, 1011, 1012, 1013}
 
@@ -51,6 +53,8 @@ class PresenceConsumerMixin:
 
     #: Groups every connection of this consumer joins on connect.
     presence_groups: ClassVar[Iterable[str]] = ()
+    #: Receive ``presence.diff`` messages (who joined and left) in :meth:`presence_diff`.
+    presence_diffs: ClassVar[bool] = False
 
     # Set by channels' consumer machinery.
     scope: dict[str, Any]
@@ -78,6 +82,8 @@ class PresenceConsumerMixin:
         groups = cls.__dict__.get("presence_groups")
         if groups is not None:
             validate_group_names(groups)
+        if cls.presence_diffs:
+            events.diffs_wanted = True
 
     # Configuration hooks ------------------------------------------------------
 
@@ -96,6 +102,24 @@ class PresenceConsumerMixin:
         ``"kicked"`` (``disconnect_user``) or ``"expired"``. The default sends
         nothing. In a sync consumer this may be a plain method.
         """
+
+    async def presence_diff(self, message: dict[str, Any]) -> None:
+        """Who joined and left one of this connection's groups (``presence_diffs = True``).
+
+        ``message`` is ``{"type": "presence.diff", "group": ..., "joins": [pks],
+        "leaves": [pks]}``, gathered over ``DIFF_INTERVAL``. Override to
+        forward it to the browser; the default does nothing. In a sync
+        consumer this may be a plain method.
+        """
+
+    async def _presence_diff(self, message: dict[str, Any]) -> None:
+        if not self.presence_diffs or message.get("group") not in self.presence.groups:
+            return
+        hook: Any = self.presence_diff
+        if inspect.iscoroutinefunction(hook):
+            await hook(message)
+        else:
+            await sync_to_async(hook)(message)
 
     # The tracker --------------------------------------------------------------
 

@@ -1,25 +1,46 @@
-"""Turning store results into signals.
+"""Turning store results into signals and presence diffs.
 
 Whoever changes the store reports the change: the process whose connect
-recorded a connection sends ``connection_opened``; whoever removed an entry
-(its own disconnect, an eviction, ``disconnect_user`` or the sweep of an
+recorded a connection sends ``connection_opened`` (and ``user_online`` /
+``user_joined_group`` when the store says they are new); whoever removed an
+entry (its own disconnect, an eviction, ``disconnect_user`` or the sweep of an
 expired entry) sends ``connection_closed``. Each store write is atomic, so
-each event is sent exactly once across all processes.
+each of these is sent once across all processes.
+
+"Left" and "offline" wait for ``LEAVE_GRACE``: the store keeps them pending, a
+user who is back in time cancels them, and the due ones are claimed by a timer
+in the process that saw the departure or, should that process die, by any
+process's next heartbeat. A claim is atomic, so each is announced once.
+
+Presence diffs (for consumers with ``presence_diffs = True``) gather the
+user-level joins and leaves of each group and send at most one
+``presence.diff`` message per group per ``DIFF_INTERVAL`` from each process.
 """
 
 from __future__ import annotations
 
+import asyncio
+import heapq
+import weakref
 from typing import TYPE_CHECKING, Any
 
 from asgiref.sync import sync_to_async
 from django.dispatch import Signal
 
 from . import signals
-from .logs import logger
-from .stores.base import ConnectResult, Departure
+from .conf import get_settings
+from .exceptions import StoreUnavailable
+from .logs import logger, store_failures
+from .stores import get_store
+from .stores.base import Absence, ConnectResult, Departure
 
 if TYPE_CHECKING:
     from .tracker import PresenceTracker
+
+#: The channel-layer message type of a presence diff.
+DIFF_MESSAGE_TYPE = "presence.diff"
+#: Set by PresenceConsumerMixin when a consumer class opts in to diffs.
+diffs_wanted = False
 
 
 async def send(signal: Signal, **kwargs: Any) -> None:
@@ -27,7 +48,7 @@ async def send(signal: Signal, **kwargs: Any) -> None:
     if not signal.receivers:
         return
     try:
-        if hasattr(signal, "asend"):
+        if hasattr(signal, "asend_robust"):
             results = await signal.asend_robust(sender=signals.PRESENCE, **kwargs)
         else:  # Django 4.2
             results = await sync_to_async(signal.send_robust)(sender=signals.PRESENCE, **kwargs)
@@ -39,41 +60,189 @@ async def send(signal: Signal, **kwargs: Any) -> None:
             logger.error("Presence signal receiver %r raised %r", receiver, result, exc_info=result)
 
 
+# What the tracker, the API and the heartbeat report --------------------------------
+
+
 async def connected(tracker: PresenceTracker, result: ConnectResult) -> None:
-    conn = tracker.snapshot()
-    await send(signals.connection_opened, connection=conn)
+    """A connection was recorded."""
+    await send(signals.connection_opened, connection=tracker.snapshot())
     if tracker.user is None:
         return
     if result.came_online:
         await send(signals.user_online, user=tracker.user)
-    for group in result.user_joined:
-        await send(signals.user_joined_group, user=tracker.user, group=group)
+    await _joined(tracker.user, result.user_joined)
 
 
-async def joined(
-    tracker: PresenceTracker, groups: tuple[str, ...], user_joined: tuple[str, ...]
-) -> None:
-    if tracker.user is None:
-        return
-    for group in user_joined:
-        await send(signals.user_joined_group, user=tracker.user, group=group)
+async def joined(tracker: PresenceTracker, user_joined: tuple[str, ...]) -> None:
+    """A recorded connection joined groups; ``user_joined`` are new for its user."""
+    if tracker.user is not None:
+        await _joined(tracker.user, user_joined)
 
 
-async def left(
-    tracker: PresenceTracker, groups: tuple[str, ...], user_left: tuple[str, ...]
-) -> None:
-    if tracker.user is None:
-        return
-    for group in user_left:
-        await send(signals.user_left_group, user=tracker.user, group=group)
+async def left(tracker: PresenceTracker, user_left: tuple[str, ...]) -> None:
+    """A recorded connection left groups; ``user_left`` were its user's last there."""
+    if tracker.user is not None:
+        await _departing(tracker.user, user_left, offline=False)
 
 
 async def departed(departure: Departure, *, reason: str) -> None:
+    """A connection was removed from the store, by this process."""
     conn = departure.connection
     await send(signals.connection_closed, connection=conn, reason=reason)
-    if conn.user is None:
+    if conn.user is not None:
+        await _departing(conn.user, departure.user_left, offline=departure.went_offline)
+
+
+async def settled(absences: tuple[Absence, ...]) -> None:
+    """Departures whose grace ran out: announce them."""
+    for absence in absences:
+        if absence.group is None:
+            await send(signals.user_offline, user=absence.user)
+        else:
+            await send(signals.user_left_group, user=absence.user, group=absence.group)
+            _diffs().note(absence.group, absence.user, joined=False)
+
+
+async def _joined(user: str, groups: tuple[str, ...]) -> None:
+    for group in groups:
+        await send(signals.user_joined_group, user=user, group=group)
+        _diffs().note(group, user, joined=True)
+
+
+async def _departing(user: str, groups: tuple[str, ...], *, offline: bool) -> None:
+    if not groups and not offline:
         return
-    for group in departure.user_left:
-        await send(signals.user_left_group, user=conn.user, group=group)
-    if departure.went_offline:
-        await send(signals.user_offline, user=conn.user)
+    grace = get_settings().LEAVE_GRACE
+    if grace > 0:
+        # The store holds them pending; claim them once the grace is over.
+        _settler().schedule(grace)
+        return
+    await settled(
+        tuple(Absence(user, g) for g in groups) + ((Absence(user, None),) if offline else ())
+    )
+
+
+# The grace timer ----------------------------------------------------------------------
+
+
+class Settler:
+    """Claims due departures shortly after their grace ends, one timer per loop."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.due: list[float] = []
+        self.handle: asyncio.TimerHandle | None = None
+        self.tasks: set[asyncio.Task[None]] = set()
+
+    def schedule(self, delay: float) -> None:
+        # A little late on purpose: the store's clock must see the grace over.
+        at = self.loop.time() + delay + 0.05
+        heapq.heappush(self.due, at)
+        if self.handle is None or self.handle.when() > at:
+            if self.handle is not None:
+                self.handle.cancel()
+            self.handle = self.loop.call_at(at, self._fire)
+
+    def _fire(self) -> None:
+        self.handle = None
+        now = self.loop.time()
+        while self.due and self.due[0] <= now:
+            heapq.heappop(self.due)
+        task = self.loop.create_task(self._settle())
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+        if self.due:
+            self.handle = self.loop.call_at(self.due[0], self._fire)
+
+    async def _settle(self) -> None:
+        try:
+            absences = await get_store().asettle()
+        except StoreUnavailable as exc:
+            # Still pending in the store: a later heartbeat claims them.
+            store_failures.failed(exc)
+            return
+        store_failures.succeeded()
+        await settled(absences)
+
+
+# Presence diffs -----------------------------------------------------------------------
+
+
+class Diffs:
+    """Gathers each group's joins and leaves and sends them together."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.pending: dict[str, dict[str, bool]] = {}
+        self.handle: asyncio.TimerHandle | None = None
+        self.tasks: set[asyncio.Task[None]] = set()
+
+    def note(self, group: str, user: str, *, joined: bool) -> None:
+        if not diffs_wanted:
+            return
+        changes = self.pending.setdefault(group, {})
+        if changes.get(user) is (not joined):
+            # Joined and left (or the reverse) within one interval: nothing to tell.
+            del changes[user]
+        else:
+            changes[user] = joined
+        if self.handle is None:
+            self.handle = self.loop.call_later(get_settings().DIFF_INTERVAL, self._fire)
+
+    def _fire(self) -> None:
+        self.handle = None
+        pending, self.pending = self.pending, {}
+        task = self.loop.create_task(self.flush(pending))
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def flush(self, pending: dict[str, dict[str, bool]]) -> None:
+        from .api import agroup_send
+
+        for group, changes in pending.items():
+            if not changes:
+                continue
+            message = {
+                "type": DIFF_MESSAGE_TYPE,
+                "group": group,
+                "joins": _pks(u for u, j in changes.items() if j),
+                "leaves": _pks(u for u, j in changes.items() if not j),
+            }
+            try:
+                await agroup_send(group, message)
+            except Exception as exc:  # a lost diff must not break the loop
+                logger.warning("Could not send the presence diff of %r: %s", group, exc)
+
+
+def _pks(users: Any) -> list[Any]:
+    from .api import _to_pk
+
+    pks = [_to_pk(u) for u in users]
+    try:
+        return sorted(pks)
+    except TypeError:
+        return sorted(pks, key=str)
+
+
+_settlers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Settler] = (
+    weakref.WeakKeyDictionary()
+)
+_diff_buffers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Diffs] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _settler() -> Settler:
+    loop = asyncio.get_running_loop()
+    settler = _settlers.get(loop)
+    if settler is None:
+        settler = _settlers[loop] = Settler(loop)
+    return settler
+
+
+def _diffs() -> Diffs:
+    loop = asyncio.get_running_loop()
+    diffs = _diff_buffers.get(loop)
+    if diffs is None:
+        diffs = _diff_buffers[loop] = Diffs(loop)
+    return diffs

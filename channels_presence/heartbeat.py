@@ -94,9 +94,9 @@ class Heartbeat:
                 await closing.channel_layer.send(
                     channel, close_message(conf.CLOSE_CODE, "superseded")
                 )
-        if result.expired:
-            from . import events
+        from . import events
 
+        if result.expired:
             layer = next((t.channel_layer for t in trackers if t.channel_layer), None)
             # Their processes are gone (nobody else will discard them), or so
             # stalled that they are counted out: 1001 tells such a client to
@@ -104,6 +104,8 @@ class Heartbeat:
             await close_departed(layer, result.expired, EXPIRED_CLOSE_CODE, "expired")
             for departure in result.expired:
                 await events.departed(departure, reason="expired")
+        if result.settled:
+            await events.settled(result.settled)
         return result
 
 

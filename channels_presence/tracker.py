@@ -211,7 +211,7 @@ class PresenceTracker:
                 store_failures.failed(exc)
             else:
                 store_failures.succeeded()
-                await events.joined(self, new, joined)
+                await events.joined(self, joined)
         return new
 
     async def aleave(self, groups: Any) -> tuple[str, ...]:
@@ -230,7 +230,7 @@ class PresenceTracker:
                 store_failures.failed(exc)
             else:
                 store_failures.succeeded()
-                await events.left(self, gone, left)
+                await events.left(self, left)
         for group in gone:
             await self.channel_layer.group_discard(group, self.channel_name)
         return gone

@@ -6,13 +6,20 @@ from channels.routing import URLRouter
 from django.urls import path
 
 from channels_presence.middleware import PresenceMiddleware
-from tests.consumers import CrashingConsumer, LobbyConsumer, PlainConsumer, SyncConsumer
+from tests.consumers import (
+    CrashingConsumer,
+    DiffConsumer,
+    LobbyConsumer,
+    PlainConsumer,
+    SyncConsumer,
+)
 
 websocket_urlpatterns = [
     path("ws/lobby/", LobbyConsumer.as_asgi()),
     path("ws/room/<str:room>/", PlainConsumer.as_asgi()),
     path("ws/sync/", SyncConsumer.as_asgi()),
     path("ws/crash/<str:where>/", CrashingConsumer.as_asgi()),
+    path("ws/diff/", DiffConsumer.as_asgi()),
 ]
 
 # The tests put scope["user"] and scope["session"] in themselves, as

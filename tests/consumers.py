@@ -85,3 +85,25 @@ class CrashingConsumer(PresenceConsumerMixin, AsyncJsonWebsocketConsumer):
     async def disconnect(self, code: int) -> None:
         if self.scope["url_route"]["kwargs"].get("where") == "disconnect":
             raise RuntimeError("boom in disconnect")
+
+
+class DiffConsumer(PresenceConsumerMixin, AsyncJsonWebsocketConsumer):
+    """Opts in to presence diffs and forwards them; attaches metadata."""
+
+    presence_groups = ["stage"]
+    presence_diffs = True
+
+    def get_presence_meta(self) -> dict[str, Any] | None:
+        return {"device": "test"}
+
+    async def presence_diff(self, message: dict[str, Any]) -> None:
+        await self.send_json({"diff": {k: message[k] for k in ("group", "joins", "leaves")}})
+
+    async def receive_json(self, content: Any, **kwargs: Any) -> None:
+        if "meta" in content:
+            try:
+                await self.presence_set_meta(content["meta"])
+            except ValueError as exc:
+                await self.send_json({"error": str(exc)})
+                return
+            await self.send_json({"meta": "ok"})

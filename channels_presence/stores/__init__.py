@@ -82,7 +82,7 @@ def _build() -> PresenceStore:
         return RedisStore.from_cache_config(config, conf)
     from .local import LocalStore
 
-    return LocalStore(conf.CACHE, prefix=conf.KEY_PREFIX, ttl=conf.TTL)
+    return LocalStore(conf.CACHE, prefix=conf.KEY_PREFIX, ttl=conf.TTL, grace=conf.LEAVE_GRACE)
 
 
 def get_store() -> PresenceStore:

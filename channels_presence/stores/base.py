@@ -5,6 +5,12 @@ to which user and Django session, which groups it is in, and until when it
 counts as alive. It knows nothing about consumers or the channel layer: the
 caller closes evicted connections and discards expired ones from layer groups.
 
+Departures are announced after a grace period (``LEAVE_GRACE``): the store
+records each user's pending "left"/"offline", a reconnect within the grace
+cancels it, and :meth:`PresenceStore.settle` (also run by every heartbeat)
+claims those due, atomically, so each is announced exactly once even when the
+process that saw the departure has died.
+
 Every operation exists twice, ``aname`` for the event loop and ``name`` for
 synchronous code (views, tasks, the shell). User keys are strings (``str(pk)``);
 ``None`` stands for an anonymous connection, which is counted as a connection
@@ -56,7 +62,12 @@ class SessionPolicy:
 
 @dataclass(frozen=True)
 class Departure:
-    """A connection that left the store, and what its leaving changed."""
+    """A connection that left the store, and what its leaving changed.
+
+    With a leave grace, ``user_left`` and ``went_offline`` are only pending:
+    the store announces them through :meth:`PresenceStore.settle` once the
+    grace has passed, unless the user came back in time.
+    """
 
     connection: Connection
     #: Groups in which this was the user's last live connection.
@@ -73,10 +84,22 @@ class ConnectResult:
     accepted: bool
     #: Older connections removed to make room. The caller must close them.
     evicted: tuple[Departure, ...] = ()
-    #: This is the user's first live connection anywhere.
+    #: This is the user's first live connection anywhere, and they were not
+    #: merely back within the leave grace.
     came_online: bool = False
-    #: Groups in which this is the user's first live connection.
+    #: Groups in which this is the user's first live connection (same rule).
     user_joined: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Absence:
+    """A user's departure that outlasted ``LEAVE_GRACE``: time to announce it.
+
+    ``group`` is ``None`` when the user went offline altogether.
+    """
+
+    user: str
+    group: str | None = None
 
 
 @dataclass(frozen=True)
@@ -91,6 +114,8 @@ class RefreshResult:
     expired: tuple[Departure, ...] = ()
     #: Local connections that were missing (store flushed) and were written again.
     restored: int = 0
+    #: Departures whose grace ran out, claimed by this call (exactly once overall).
+    settled: tuple[Absence, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -152,6 +177,16 @@ class PresenceStore(Protocol):
         ...
 
     def disconnect_user(self, user: str) -> tuple[Departure, ...]: ...
+
+    async def asettle(self) -> tuple[Absence, ...]:
+        """Claim the pending departures whose grace has run out.
+
+        Each is returned by exactly one call, across all processes; a user
+        who came back within the grace cancelled theirs.
+        """
+        ...
+
+    def settle(self) -> tuple[Absence, ...]: ...
 
     async def asweep(self) -> tuple[Departure, ...]:
         """Remove every expired entry now; return what was removed."""

@@ -32,6 +32,7 @@ from typing import Any, TypeVar
 from django.core.cache import caches
 
 from .base import (
+    Absence,
     Connection,
     ConnectResult,
     Departure,
@@ -93,11 +94,19 @@ class _State:
 class LocalStore:
     """Presence in a Django cache, correct within one process."""
 
-    def __init__(self, cache_alias: str = "default", *, prefix: str = "presence", ttl: float = 60):
+    def __init__(
+        self,
+        cache_alias: str = "default",
+        *,
+        prefix: str = "presence",
+        ttl: float = 60,
+        grace: float = 0,
+    ):
         self.cache_alias = cache_alias
         self.cache = caches[cache_alias]
         self.prefix = prefix
         self.ttl = float(ttl)
+        self.grace = float(grace)
 
     def __repr__(self) -> str:
         return f"LocalStore(cache={self.cache_alias!r}, prefix={self.prefix!r})"
@@ -120,6 +129,10 @@ class LocalStore:
     def _gone(self) -> str:
         return f"{self.prefix}:gone"
 
+    @property
+    def _pending(self) -> str:
+        return f"{self.prefix}:pending"
+
     def _g(self, group: str) -> str:
         return f"{self.prefix}:g:{_part(group)}"
 
@@ -130,7 +143,7 @@ class LocalStore:
         return f"{self.prefix}:gn:{_part(group)}"
 
     def _base_keys(self) -> list[str]:
-        return [self._conns, self._users, self._registry, self._gone]
+        return [self._conns, self._users, self._registry, self._gone, self._pending]
 
     def _group_keys(self, groups: Iterable[str]) -> list[str]:
         return [k for g in groups for k in (self._g(g), self._gu(g), self._gn(g))]
@@ -191,6 +204,30 @@ class LocalStore:
             state.mark(key)
         return left
 
+    def _mark_absent(self, state: _State, user: str, group: str | None, now: float) -> None:
+        """Start the leave grace of a user's departure (from a group, or altogether)."""
+        if self.grace > 0:
+            pending: dict[tuple[str, str], float] = state.get(self._pending, dict)
+            pending[(group or "", user)] = now + self.grace
+            state.mark(self._pending)
+
+    def _back_in_time(self, state: _State, user: str, group: str | None) -> bool:
+        """Cancel a pending departure; True if there was one (the user is back)."""
+        pending: dict[tuple[str, str], float] = state.get(self._pending, dict)
+        if pending.pop((group or "", user), None) is None:
+            return False
+        state.mark(self._pending)
+        return True
+
+    def _settle(self, state: _State, now: float) -> tuple[Absence, ...]:
+        pending: dict[tuple[str, str], float] = state.get(self._pending, dict)
+        due = [item for item, at in pending.items() if at <= now]
+        for item in due:
+            del pending[item]
+        if due:
+            state.mark(self._pending)
+        return tuple(Absence(user, group or None) for group, user in sorted(due))
+
     def _record(self, state: _State, conn: Connection, deadline: float) -> tuple[str, ...]:
         """Write a connection and its groups; return groups the user newly joined."""
         conns: dict[str, dict[str, Any]] = state.get(self._conns, dict)
@@ -228,6 +265,10 @@ class LocalStore:
                 users.pop(user, None)
             state.mark(self._users)
             offline = not self._user_live_channels(state, user, now)
+            for group in left:
+                self._mark_absent(state, user, group, now)
+            if offline:
+                self._mark_absent(state, user, None, now)
         return Departure(_to_connection(channel, rec), user_left=left, went_offline=offline)
 
     def _tombstone(self, state: _State, channels: Iterable[str], now: float) -> None:
@@ -265,11 +306,16 @@ class LocalStore:
             joined = self._record(state, conn, now + self.ttl)
             evicted = [self._remove(state, ch, now) for ch in evict]
             self._tombstone(state, evict, now)
+            if conn.user is not None:
+                # Back within the grace: the departure is cancelled, not announced.
+                if came_online and self._back_in_time(state, conn.user, None):
+                    came_online = False
+                joined = tuple(g for g in joined if not self._back_in_time(state, conn.user, g))
             state.save()
             return ConnectResult(
                 accepted=True,
                 evicted=tuple(d for d in evicted if d is not None),
-                came_online=came_online,
+                came_online=came_online and conn.user is not None,
                 user_joined=joined,
             )
 
@@ -319,7 +365,8 @@ class LocalStore:
             for g in groups:
                 if g not in rec["g"]:
                     rec["g"].append(g)
-                    if self._add_to_group(state, channel_name, rec["u"], g):
+                    new = self._add_to_group(state, channel_name, rec["u"], g)
+                    if new and not self._back_in_time(state, rec["u"], g):
                         joined.append(g)
             state.mark(self._conns)
             state.save()
@@ -335,11 +382,13 @@ class LocalStore:
             if rec is None:
                 return ()
             left = []
+            now = time.time()
             for g in groups:
                 if g in rec["g"]:
                     rec["g"].remove(g)
                     if self._remove_from_group(state, channel_name, rec["u"], g):
                         left.append(g)
+                        self._mark_absent(state, rec["u"], g, now)
             state.mark(self._conns)
             state.save()
             return tuple(left)
@@ -393,8 +442,11 @@ class LocalStore:
                 :SWEEP_BATCH
             ]
             departures = self._remove_all(state, expired, now)
+            settled = self._settle(state, now)
             state.save()
-            return RefreshResult(closed=tuple(closed), expired=departures, restored=restored)
+            return RefreshResult(
+                closed=tuple(closed), expired=departures, restored=restored, settled=settled
+            )
 
         return self._run(op)
 
@@ -416,6 +468,15 @@ class LocalStore:
             self._tombstone(state, channels, now)
             state.save()
             return departures
+
+        return self._run(op)
+
+    def settle(self) -> tuple[Absence, ...]:
+        def op() -> tuple[Absence, ...]:
+            state = _State(self, [self._pending])
+            settled = self._settle(state, time.time())
+            state.save()
+            return settled
 
         return self._run(op)
 
@@ -515,6 +576,9 @@ class LocalStore:
 
     async def asweep(self) -> tuple[Departure, ...]:
         return await self._async(self.sweep)
+
+    async def asettle(self) -> tuple[Absence, ...]:
+        return await self._async(self.settle)
 
     async def agroup_size(self, group: str) -> int:
         return await self._async(self.group_size, group)

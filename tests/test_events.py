@@ -1,0 +1,246 @@
+"""Signals, the leave grace, presence diffs, metadata and disconnect-on-logout."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from asgiref.sync import sync_to_async
+from django.contrib.auth import get_user_model
+from django.test import Client
+
+import channels_presence as presence
+from channels_presence import signals
+from channels_presence.exceptions import InvalidMetadata
+from channels_presence.heartbeat import get_heartbeat
+from channels_presence.stores import get_store
+from channels_presence.stores.base import Connection, SessionPolicy
+from tests.test_consumers import closed_with, still_open
+
+
+@pytest.fixture
+def heard() -> Iterator[list[tuple[Any, ...]]]:
+    """Every presence signal, in order, as (name, user, group/reason)."""
+    log: list[tuple[Any, ...]] = []
+    receivers = []
+
+    def listen(name: str, signal: Any, extra: str | None) -> None:
+        def receiver(sender: Any, **kwargs: Any) -> None:
+            assert sender == signals.PRESENCE
+            if "connection" in kwargs:
+                user = kwargs["connection"].user
+            else:
+                user = kwargs["user"]
+            log.append((name, user) + ((kwargs[extra],) if extra else ()))
+
+        signal.connect(receiver)
+        receivers.append((signal, receiver))
+
+    listen("online", signals.user_online, None)
+    listen("offline", signals.user_offline, None)
+    listen("joined", signals.user_joined_group, "group")
+    listen("left", signals.user_left_group, "group")
+    listen("opened", signals.connection_opened, None)
+    listen("closed", signals.connection_closed, "reason")
+    yield log
+    for signal, receiver in receivers:
+        signal.disconnect(receiver)
+
+
+def only(log: list[tuple[Any, ...]], *names: str) -> list[tuple[Any, ...]]:
+    return [e for e in log if e[0] in names]
+
+
+async def test_online_and_offline_fire_once_per_user_without_grace(
+    ws: Any, presence_settings: Any, heard: list[Any]
+) -> None:
+    presence_settings(MAX_SESSIONS=None, LEAVE_GRACE=0)
+    a = await ws(user=1)
+    b = await ws(user=1)
+    await a.disconnect()
+    assert only(heard, "online", "offline") == [("online", "1")]
+    await b.disconnect()
+    assert only(heard, "online", "offline") == [("online", "1"), ("offline", "1")]
+    assert only(heard, "joined", "left") == [("joined", "1", "lobby"), ("left", "1", "lobby")]
+    assert only(heard, "opened", "closed") == [
+        ("opened", "1"),
+        ("opened", "1"),
+        ("closed", "1", "disconnected"),
+        ("closed", "1", "disconnected"),
+    ]
+
+
+async def test_a_reload_within_the_grace_does_not_flap(
+    ws: Any, presence_settings: Any, heard: list[Any]
+) -> None:
+    presence_settings(LEAVE_GRACE=0.3)
+    first = await ws(user=1)
+    await first.disconnect()
+    await ws(user=1)  # the reload
+    await asyncio.sleep(0.6)
+    assert only(heard, "online", "offline", "joined", "left") == [
+        ("online", "1"),
+        ("joined", "1", "lobby"),
+    ]
+
+
+async def test_offline_and_left_arrive_after_the_grace(
+    ws: Any, presence_settings: Any, heard: list[Any]
+) -> None:
+    presence_settings(LEAVE_GRACE=0.2)
+    comm = await ws(user=1)
+    await comm.send_json_to({"join": "room-9"})
+    await comm.receive_json_from()
+    await comm.send_json_to({"leave": "room-9"})
+    await comm.receive_json_from()
+    await comm.disconnect()
+    assert only(heard, "offline", "left") == []
+    await asyncio.sleep(0.5)
+    assert sorted(only(heard, "offline", "left")) == [
+        ("left", "1", "lobby"),
+        ("left", "1", "room-9"),
+        ("offline", "1"),
+    ]
+
+
+async def test_superseded_and_kicked_connections_are_closed_with_their_reason(
+    ws: Any, presence_settings: Any, heard: list[Any]
+) -> None:
+    presence_settings(LEAVE_GRACE=0)
+    first = await ws(user=1)
+    second = await ws(user=1)
+    await closed_with(first, 4001)
+    await presence.adisconnect_user(1)
+    await closed_with(second, 4001)
+    assert only(heard, "closed") == [("closed", "1", "superseded"), ("closed", "1", "kicked")]
+    assert only(heard, "online", "offline") == [("online", "1"), ("offline", "1")]
+
+
+async def test_expired_entries_get_the_same_events_exactly_once(
+    ws: Any, presence_settings: Any, heard: list[Any]
+) -> None:
+    """A connection whose server died is swept by a live server's heartbeat."""
+    presence_settings(TTL=1, LEAVE_GRACE=0.1)
+    store = get_store()
+    ghost = Connection("specific.dead!ghost", user="42", session=None, groups=("lobby",))
+    await store.aconnect(ghost, SessionPolicy(max_sessions=None))
+    await ws(user=1)
+    assert await presence.agroup_user_count("lobby") == 2
+    await asyncio.sleep(1.1)
+    heartbeat = get_heartbeat()
+    await heartbeat.beat()
+    await heartbeat.beat()
+    assert await presence.agroup_members("lobby") == [1]
+    assert only(heard, "closed") == [("closed", "42", "expired")]
+    await asyncio.sleep(0.3)
+    await heartbeat.beat()
+    assert sorted(only(heard, "offline", "left")) == [("left", "42", "lobby"), ("offline", "42")]
+
+
+async def test_async_receivers_and_a_failing_receiver(
+    ws: Any, presence_settings: Any, caplog: Any
+) -> None:
+    presence_settings(LEAVE_GRACE=0)
+    got: list[str] = []
+
+    async def async_receiver(sender: Any, user: str, **kwargs: Any) -> None:
+        got.append(user)
+
+    def broken(sender: Any, **kwargs: Any) -> None:
+        raise RuntimeError("receiver bug")
+
+    signals.user_online.connect(async_receiver)
+    signals.user_online.connect(broken)
+    try:
+        comm = await ws(user=3)
+        await still_open(comm)
+    finally:
+        signals.user_online.disconnect(async_receiver)
+        signals.user_online.disconnect(broken)
+    assert got == ["3"]
+    assert "receiver bug" in caplog.text
+
+
+async def test_diffs_are_coalesced_per_group(ws: Any, presence_settings: Any) -> None:
+    presence_settings(MAX_SESSIONS=None, LEAVE_GRACE=0, DIFF_INTERVAL=0.2)
+    watcher = await ws("/ws/diff/", user=100)
+    first = await watcher.receive_json_from(timeout=1)
+    assert first == {"diff": {"group": "stage", "joins": [100], "leaves": []}}
+    for pk in range(1, 21):
+        await ws("/ws/diff/", user=pk)
+    burst = await watcher.receive_json_from(timeout=1)
+    assert burst == {"diff": {"group": "stage", "joins": list(range(1, 21)), "leaves": []}}
+    assert await watcher.receive_nothing(timeout=0.4)
+
+
+async def test_lobby_consumers_without_opt_in_ignore_diffs(ws: Any, presence_settings: Any) -> None:
+    presence_settings(DIFF_INTERVAL=0.05, LEAVE_GRACE=0)
+    lobby = await ws(user=1)
+    await ws(user=2)
+    assert await lobby.receive_nothing(timeout=0.3)
+
+
+async def test_metadata_is_stored_listed_and_replaced(ws: Any, presence_settings: Any) -> None:
+    presence_settings(DIFF_INTERVAL=0.05)
+    comm = await ws("/ws/diff/", user=7)
+    (conn,) = (await presence.agroup_connections("stage"))[7]
+    assert conn.meta == {"device": "test"}
+    await comm.receive_json_from()  # its own join diff
+    await comm.send_json_to({"meta": {"device": "phone", "name": "Ada"}})
+    assert await comm.receive_json_from() == {"meta": "ok"}
+    (conn,) = (await presence.agroup_connections("stage"))[7]
+    assert conn.meta == {"device": "phone", "name": "Ada"}
+
+
+@pytest.mark.parametrize(
+    ("meta", "says"),
+    [
+        ({"blob": "x" * 2000}, "METADATA_MAX_BYTES"),
+        ([1, 2], "must be a dict"),
+        ({"when": object()}, "not JSON-serialisable"),
+        ({"nan": float("nan")}, "not JSON"),
+    ],
+)
+async def test_bad_metadata_is_refused_and_nothing_changes(
+    ws: Any, presence_settings: Any, meta: Any, says: str
+) -> None:
+    presence_settings(DIFF_INTERVAL=0.05)
+    from channels_presence.tracker import check_metadata
+
+    with pytest.raises(InvalidMetadata, match=says):
+        check_metadata(meta)
+    comm = await ws("/ws/diff/", user=7)
+    await comm.receive_json_from()
+    if isinstance(meta, list) or "blob" in meta:
+        await comm.send_json_to({"meta": meta})
+        reply = await comm.receive_json_from()
+        assert says in reply["error"]
+    (conn,) = (await presence.agroup_connections("stage"))[7]
+    assert conn.meta == {"device": "test"}
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_logging_out_over_http_closes_the_users_sockets(
+    ws: Any, presence_settings: Any
+) -> None:
+    user = await sync_to_async(get_user_model().objects.create_user)("bo", password="pw")
+    comm = await ws(user=user.pk)
+    client = Client()
+    await sync_to_async(client.force_login)(user)
+    await sync_to_async(client.logout)()
+    texts = await closed_with(comm, 4001)
+    assert texts == [{"type": "session.superseded", "reason": "kicked", "code": 4001}]
+    assert not await presence.ais_online(user)
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_logout_leaves_sockets_open_when_turned_off(ws: Any, presence_settings: Any) -> None:
+    presence_settings(DISCONNECT_ON_LOGOUT=False)
+    user = await sync_to_async(get_user_model().objects.create_user)("cy", password="pw")
+    comm = await ws(user=user.pk)
+    client = Client()
+    await sync_to_async(client.force_login)(user)
+    await sync_to_async(client.logout)()
+    await still_open(comm)
