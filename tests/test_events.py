@@ -29,10 +29,7 @@ def heard() -> Iterator[list[tuple[Any, ...]]]:
     def listen(name: str, signal: Any, extra: str | None) -> None:
         def receiver(sender: Any, **kwargs: Any) -> None:
             assert sender == signals.PRESENCE
-            if "connection" in kwargs:
-                user = kwargs["connection"].user
-            else:
-                user = kwargs["user"]
+            user = kwargs["connection"].user if "connection" in kwargs else kwargs["user"]
             log.append((name, user) + ((kwargs[extra],) if extra else ()))
 
         signal.connect(receiver)
