@@ -1,0 +1,1 @@
+"""The demo site's project package: settings, URLs and the ASGI application."""
