@@ -176,13 +176,25 @@ def is_online(user: Any) -> bool:
 # Actions ------------------------------------------------------------------------
 
 
-async def adisconnect_user(user: Any, code: int | None = None) -> int:
+async def adisconnect_user(
+    user: Any, code: int | None = None, *, session: str | None = None
+) -> int:
     """Close every live connection of ``user``, on every server.
 
-    The connections are removed from presence at once and each is sent a
-    ``presence.close`` message with ``code`` (default ``CLOSE_CODE``).
+    With ``session`` (a Django session key), only the connections of that
+    session. The connections are removed from presence at once and each is
+    sent a ``presence.close`` message with ``code`` (default ``CLOSE_CODE``).
     Returns how many were asked to close.
     """
+    return await _disconnect(user, code, session, "kicked")
+
+
+def disconnect_user(user: Any, code: int | None = None, *, session: str | None = None) -> int:
+    """Sync twin of :func:`adisconnect_user`."""
+    return async_to_sync(adisconnect_user)(user, code, session=session)
+
+
+async def _disconnect(user: Any, code: int | None, session: str | None, reason: str) -> int:
     key = user_key(user)
     close_code = get_settings().CLOSE_CODE if code is None else code
     if (
@@ -191,18 +203,15 @@ async def adisconnect_user(user: Any, code: int | None = None) -> int:
         or not (close_code == 1000 or 3000 <= close_code <= 4999)
     ):
         raise ValueError(f"code {code!r} must be 1000 or an integer from 3000 to 4999.")
-    departures = await get_store().adisconnect_user(key)
-    await close_departed(get_channel_layer(), departures, close_code, "kicked")
+    if session is not None and not isinstance(session, str):
+        raise ValueError(f"session {session!r} must be a session key (str) or None.")
+    departures = await get_store().adisconnect_user(key, session)
+    await close_departed(get_channel_layer(), departures, close_code, reason)
     from . import events
 
     for departure in departures:
-        await events.departed(departure, reason="kicked")
+        await events.departed(departure, reason=reason)
     return len(departures)
-
-
-def disconnect_user(user: Any, code: int | None = None) -> int:
-    """Sync twin of :func:`adisconnect_user`."""
-    return async_to_sync(adisconnect_user)(user, code)
 
 
 async def asweep() -> list[Connection]:

@@ -37,6 +37,7 @@ class PresenceSettings:
     ON_LIMIT: str = "close_oldest"
     CLOSE_CODE: int = 4001
     REJECT_CODE: int = 4003
+    LOGOUT_CODE: int = 4002
     TTL: float = 60.0
     HEARTBEAT: float = 20.0
     ANONYMOUS: str = "ignore"
@@ -116,6 +117,7 @@ def build_settings(raw: Any) -> PresenceSettings:
     )
     values["ON_LIMIT"] = _choice("ON_LIMIT", raw.get("ON_LIMIT", defaults.ON_LIMIT), _ON_LIMIT)
     values["CLOSE_CODE"] = _close_code("CLOSE_CODE", raw.get("CLOSE_CODE", defaults.CLOSE_CODE))
+    values["LOGOUT_CODE"] = _close_code("LOGOUT_CODE", raw.get("LOGOUT_CODE", defaults.LOGOUT_CODE))
     values["REJECT_CODE"] = _close_code("REJECT_CODE", raw.get("REJECT_CODE", defaults.REJECT_CODE))
 
     ttl = _number("TTL", raw.get("TTL", defaults.TTL), minimum=1)

@@ -99,7 +99,8 @@ class PresenceConsumerMixin:
         """Called before presence closes this socket; send a last message here.
 
         ``reason`` is ``"superseded"`` (the user connected elsewhere),
-        ``"kicked"`` (``disconnect_user``) or ``"expired"``. The default sends
+        ``"kicked"`` (``disconnect_user``), ``"logged_out"`` (the session logged
+        out, ``DISCONNECT_ON_LOGOUT``) or ``"expired"``. The default sends
         nothing. In a sync consumer this may be a plain method.
         """
 

@@ -89,11 +89,16 @@ class Heartbeat:
         conf = get_settings()
         for channel in result.closed:
             closing = self.trackers.get(channel)
-            if closing is not None and closing.channel_layer is not None:
-                closing.recorded = False
-                await closing.channel_layer.send(
-                    channel, close_message(conf.CLOSE_CODE, "superseded")
-                )
+            if closing is None or closing.channel_layer is None:
+                continue
+            closing.recorded = False
+            reason = result.close_reasons.get(channel, "superseded")
+            if reason == "disconnected":
+                continue  # it is on its way out already
+            # A stalled process whose entries were swept must reconnect, not
+            # tell its users they signed in elsewhere.
+            code = EXPIRED_CLOSE_CODE if reason == "expired" else conf.CLOSE_CODE
+            await closing.channel_layer.send(channel, close_message(code, reason))
         from . import events
 
         if result.expired:

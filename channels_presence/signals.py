@@ -9,7 +9,7 @@ User-level events fire once per change, however many processes are involved:
 ``user_joined_group`` / ``user_left_group`` per group. Connection-level
 events fire for every connection: ``connection_opened`` and
 ``connection_closed`` (with ``reason``: ``"disconnected"``, ``"superseded"``,
-``"kicked"`` or ``"expired"``).
+``"kicked"``, ``"logged_out"`` or ``"expired"``).
 """
 
 from __future__ import annotations

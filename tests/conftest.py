@@ -73,16 +73,41 @@ def key_prefix() -> str:
 
 @pytest.fixture
 def presence_settings() -> Iterator[Any]:
-    """Change CHANNELS_PRESENCE for one test: ``presence_settings(MAX_SESSIONS=2)``."""
+    """Change CHANNELS_PRESENCE for one test: ``presence_settings(MAX_SESSIONS=2)``.
+
+    The values are laid over the ones in force (so a Redis ``backend`` keeps
+    its own KEY_PREFIX).
+    """
+    from django.conf import settings
+
     overrides: list[Any] = []
 
     def apply(**values: Any) -> None:
-        cm = override_settings(CHANNELS_PRESENCE=values)
+        merged = {**getattr(settings, "CHANNELS_PRESENCE", {}), **values}
+        cm = override_settings(CHANNELS_PRESENCE=merged)
         cm.enable()
         overrides.append(cm)
 
     yield apply
     for cm in reversed(overrides):
+        cm.disable()
+
+
+@pytest.fixture(params=["local", pytest.param("redis", marks=pytest.mark.redis)])
+def backend(request: Any, key_prefix: str) -> Iterator[str]:
+    """Run a test on the embedded store and on the Redis store."""
+    if request.param == "local":
+        yield "local"
+        return
+    url = request.getfixturevalue("redis_url")
+    cm = override_settings(
+        CACHES={"default": {"BACKEND": "django_redis.cache.RedisCache", "LOCATION": url}},
+        CHANNELS_PRESENCE={"KEY_PREFIX": key_prefix},
+    )
+    cm.enable()
+    try:
+        yield "redis"
+    finally:
         cm.disable()
 
 

@@ -12,6 +12,8 @@ import channels_presence as presence
 from channels_presence.exceptions import InvalidGroupName, InvalidUser
 from tests.test_consumers import closed_with, still_open
 
+pytestmark = pytest.mark.usefixtures("backend")
+
 
 async def test_sync_twins_agree_with_the_async_forms(ws: Any, presence_settings: Any) -> None:
     presence_settings(MAX_SESSIONS=None)

@@ -15,6 +15,8 @@ from channels_presence.consumers import PresenceConsumerMixin
 from channels_presence.exceptions import InvalidGroupName
 from tests.consumers import LobbyConsumer
 
+pytestmark = pytest.mark.usefixtures("backend")
+
 
 async def closed_with(comm: Any, code: int) -> list[Any]:
     """Read until the close frame; assert its code; return the JSON texts before it."""

@@ -19,6 +19,8 @@ from channels_presence.stores import get_store
 from channels_presence.stores.base import Connection, SessionPolicy
 from tests.test_consumers import closed_with, still_open
 
+pytestmark = pytest.mark.usefixtures("backend")
+
 
 @pytest.fixture
 def heard() -> Iterator[list[tuple[Any, ...]]]:
@@ -219,17 +221,22 @@ async def test_bad_metadata_is_refused_and_nothing_changes(
 
 
 @pytest.mark.django_db(transaction=True)
-async def test_logging_out_over_http_closes_the_users_sockets(
+async def test_logging_out_over_http_closes_that_sessions_sockets_only(
     ws: Any, presence_settings: Any
 ) -> None:
+    presence_settings(MAX_SESSIONS=None)
     user = await sync_to_async(get_user_model().objects.create_user)("bo", password="pw")
-    comm = await ws(user=user.pk)
-    client = Client()
-    await sync_to_async(client.force_login)(user)
-    await sync_to_async(client.logout)()
-    texts = await closed_with(comm, 4001)
-    assert texts == [{"type": "session.superseded", "reason": "kicked", "code": 4001}]
-    assert not await presence.ais_online(user)
+    laptop, phone = Client(), Client()
+    await sync_to_async(laptop.force_login)(user)
+    await sync_to_async(phone.force_login)(user)
+    laptop_key = laptop.session.session_key
+    on_laptop = await ws(user=user.pk, session=laptop_key)
+    on_phone = await ws(user=user.pk, session=phone.session.session_key)
+    await sync_to_async(laptop.logout)()
+    texts = await closed_with(on_laptop, 4002)
+    assert texts == [{"type": "session.superseded", "reason": "logged_out", "code": 4002}]
+    await still_open(on_phone)
+    assert await presence.agroup_size("lobby") == 1
 
 
 @pytest.mark.django_db(transaction=True)

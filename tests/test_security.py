@@ -17,6 +17,8 @@ import channels_presence as presence
 from channels_presence.consumers import PresenceConsumerMixin
 from channels_presence.middleware import PresenceMiddleware
 
+pytestmark = pytest.mark.usefixtures("backend")
+
 
 class DefaultsConsumer(PresenceConsumerMixin, AsyncJsonWebsocketConsumer):
     """Every presence hook left at its default; diffs on."""

@@ -7,6 +7,7 @@ a real Redis) and through both forms of each operation (``aconnect`` and
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -495,25 +496,38 @@ async def test_refresh_restores_what_the_store_lost(store: Api) -> None:
 # Expiry ----------------------------------------------------------------------
 
 
-async def test_expired_connections_are_not_counted_and_swept_once(
-    make_store: Callable[..., Any],
-) -> None:
+async def test_expired_connections_are_swept_once(make_store: Callable[..., Any]) -> None:
     store, _ = make_store(ttl=1)
     await store.aconnect(conn("c1", "u1", groups=("room",)), UNLIMITED)
     await store.aconnect(conn("c2", "u2", groups=("room",)), UNLIMITED)
     kept = conn("c2", "u2", groups=("room",))
-    time.sleep(0.6)
+    await asyncio.sleep(0.6)
     await store.arefresh((kept,))
-    time.sleep(0.6)
+    await asyncio.sleep(0.6)
 
     # c1's time ran out; c2's heartbeat kept it.
-    assert await store.agroup_size("room") == 1
-    assert await store.agroup_user_count("room") == 1
-    assert [c.channel_name for c in await store.auser_connections("u1")] == []
+    assert await store.auser_connections("u1") == ()
+    assert [m.user for m in await store.agroup_members("room")] == ["u2"]
 
     swept = await store.asweep()
     assert channels(swept) == ["c1"]
     [departure] = swept
     assert (departure.user_left, departure.went_offline) == (("room",), True)
     assert await store.asweep() == ()
+    assert await store.agroup_size("room") == 1
+    assert await store.agroup_user_count("room") == 1
+    await store.aclose()
+
+
+async def test_heartbeat_sweeps_other_connections(make_store: Callable[..., Any]) -> None:
+    store, _ = make_store(ttl=1)
+    await store.aconnect(conn("dead", "u1", groups=("room",)), UNLIMITED)
+    await asyncio.sleep(1.1)
+
+    result = await store.arefresh((conn("mine", "u2"),))
+
+    assert channels(result.expired) == ["dead"]
+    assert result.expired[0].went_offline is True
+    assert result.restored == 1
+    assert (await store.arefresh(())).expired == ()
     await store.aclose()

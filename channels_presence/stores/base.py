@@ -109,6 +109,9 @@ class RefreshResult:
     #: Local connections the store no longer wants (evicted or disconnected
     #: from elsewhere while their close message was in flight). Close them.
     closed: tuple[str, ...] = ()
+    #: Why each of ``closed`` was removed: ``"superseded"``, ``"kicked"``,
+    #: ``"expired"`` or ``"disconnected"``.
+    close_reasons: dict[str, str] = field(default_factory=dict)
     #: Connections of any process whose time ran out, now swept. Discard
     #: them from their channel-layer groups.
     expired: tuple[Departure, ...] = ()
@@ -172,11 +175,17 @@ class PresenceStore(Protocol):
 
     def refresh(self, connections: tuple[Connection, ...]) -> RefreshResult: ...
 
-    async def adisconnect_user(self, user: str) -> tuple[Departure, ...]:
-        """Remove every connection of ``user``; they will be told to close."""
+    async def adisconnect_user(
+        self, user: str, session: str | None = None
+    ) -> tuple[Departure, ...]:
+        """Remove every connection of ``user`` (of one Django session, if given).
+
+        The caller tells them to close; tombstones keep heartbeats from
+        writing them back meanwhile.
+        """
         ...
 
-    def disconnect_user(self, user: str) -> tuple[Departure, ...]: ...
+    def disconnect_user(self, user: str, session: str | None = None) -> tuple[Departure, ...]: ...
 
     async def asettle(self) -> tuple[Absence, ...]:
         """Claim the pending departures whose grace has run out.

@@ -271,11 +271,11 @@ class LocalStore:
                 self._mark_absent(state, user, None, now)
         return Departure(_to_connection(channel, rec), user_left=left, went_offline=offline)
 
-    def _tombstone(self, state: _State, channels: Iterable[str], now: float) -> None:
-        gone: dict[str, float] = state.get(self._gone, dict)
+    def _tombstone(self, state: _State, channels: Iterable[str], now: float, reason: str) -> None:
+        gone: dict[str, tuple[float, str]] = state.get(self._gone, dict)
         for ch in channels:
-            gone[ch] = now + self.ttl
-        for ch, until in list(gone.items()):
+            gone[ch] = (now + 2 * self.ttl, reason)
+        for ch, (until, _) in list(gone.items()):
             if until <= now:
                 del gone[ch]
         state.mark(self._gone)
@@ -305,7 +305,7 @@ class LocalStore:
                 self._remove(state, conn.channel_name, now)
             joined = self._record(state, conn, now + self.ttl)
             evicted = [self._remove(state, ch, now) for ch in evict]
-            self._tombstone(state, evict, now)
+            self._tombstone(state, evict, now, "superseded")
             if conn.user is not None:
                 # Back within the grace: the departure is cancelled, not announced.
                 if came_online and self._back_in_time(state, conn.user, None):
@@ -413,14 +413,15 @@ class LocalStore:
             now = time.time()
             groups = {g for c in connections for g in c.groups}
             state = _State(self, self._base_keys() + self._group_keys(groups))
-            gone: dict[str, float] = state.get(self._gone, dict)
+            gone: dict[str, tuple[float, str]] = state.get(self._gone, dict)
             conns: dict[str, dict[str, Any]] = state.get(self._conns, dict)
-            closed: list[str] = []
+            closed: dict[str, str] = {}
             restored = 0
             for conn in connections:
                 ch = conn.channel_name
-                if gone.get(ch, 0) > now:
-                    closed.append(ch)
+                until, reason = gone.get(ch, (0.0, ""))
+                if until > now:
+                    closed[ch] = reason
                     continue
                 rec = conns.get(ch)
                 if rec is None:
@@ -445,7 +446,11 @@ class LocalStore:
             settled = self._settle(state, now)
             state.save()
             return RefreshResult(
-                closed=tuple(closed), expired=departures, restored=restored, settled=settled
+                closed=tuple(closed),
+                close_reasons=closed,
+                expired=departures,
+                restored=restored,
+                settled=settled,
             )
 
         return self._run(op)
@@ -458,14 +463,17 @@ class LocalStore:
         removed = (self._remove(state, ch, now) for ch in channels)
         return tuple(d for d in removed if d is not None)
 
-    def disconnect_user(self, user: str) -> tuple[Departure, ...]:
+    def disconnect_user(self, user: str, session: str | None = None) -> tuple[Departure, ...]:
         def op() -> tuple[Departure, ...]:
             now = time.time()
             state = _State(self, self._base_keys())
             users: dict[str, dict[str, float]] = state.get(self._users, dict)
+            conns: dict[str, dict[str, Any]] = state.get(self._conns, dict)
             channels = sorted(users.get(user, {}), key=lambda ch: users[user][ch])
+            if session is not None:
+                channels = [ch for ch in channels if conns.get(ch, {}).get("s") == session]
             departures = self._remove_all(state, channels, now)
-            self._tombstone(state, channels, now)
+            self._tombstone(state, channels, now, "kicked")
             state.save()
             return departures
 
@@ -571,8 +579,10 @@ class LocalStore:
     async def arefresh(self, connections: tuple[Connection, ...]) -> RefreshResult:
         return await self._async(self.refresh, connections)
 
-    async def adisconnect_user(self, user: str) -> tuple[Departure, ...]:
-        return await self._async(self.disconnect_user, user)
+    async def adisconnect_user(
+        self, user: str, session: str | None = None
+    ) -> tuple[Departure, ...]:
+        return await self._async(self.disconnect_user, user, session)
 
     async def asweep(self) -> tuple[Departure, ...]:
         return await self._async(self.sweep)
