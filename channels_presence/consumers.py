@@ -100,8 +100,9 @@ class PresenceConsumerMixin:
 
         ``reason`` is ``"superseded"`` (the user connected elsewhere),
         ``"kicked"`` (``disconnect_user``), ``"logged_out"`` (the session logged
-        out, ``DISCONNECT_ON_LOGOUT``) or ``"expired"``. The default sends
-        nothing. In a sync consumer this may be a plain method.
+        out, ``DISCONNECT_ON_LOGOUT``), ``"expired"``, or ``"rejected"`` (let in
+        while the store was down, then over the limit under ``reject_new``).
+        The default sends nothing. In a sync consumer this may be a plain method.
         """
 
     async def presence_diff(self, message: dict[str, Any]) -> None:

@@ -75,7 +75,10 @@ class Heartbeat:
         """Refresh every local connection now; returns what the store said."""
         from .tracker import close_departed, close_message
 
-        trackers = [t for t in self.trackers.values() if t.channel_name is not None]
+        everyone = [t for t in self.trackers.values() if t.channel_name is not None]
+        trackers = [t for t in everyone if t.recorded]
+        # Admitted while the store was down: they must pass the session policy.
+        unrecorded = [t for t in everyone if not t.recorded]
         try:
             result = await get_store().arefresh(tuple(t.snapshot() for t in trackers))
         except StoreUnavailable as exc:
@@ -91,7 +94,9 @@ class Heartbeat:
             closing = self.trackers.get(channel)
             if closing is None or closing.channel_layer is None:
                 continue
+            # Removed elsewhere: never refreshed nor recorded again from here.
             closing.recorded = False
+            self.discard(closing)
             reason = result.close_reasons.get(channel, "superseded")
             if reason == "disconnected":
                 continue  # it is on its way out already
@@ -111,6 +116,9 @@ class Heartbeat:
                 await events.departed(departure, reason="expired")
         if result.settled:
             await events.settled(result.settled)
+        # After the refresh, so the connections they may supersede are back in.
+        for tracker in unrecorded:
+            await tracker.arecover()
         return result
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import enum
 import json
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -21,7 +22,7 @@ from .heartbeat import get_heartbeat
 from .logs import logger, store_failures
 from .names import validate_group_names
 from .stores import get_store
-from .stores.base import Connection, Departure, SessionPolicy
+from .stores.base import Connection, ConnectResult, Departure, SessionPolicy
 
 if TYPE_CHECKING:
     from .stores.base import PresenceStore
@@ -42,6 +43,15 @@ class Admission:
 
     accepted: bool
     close_code: int | None = None
+
+
+def _policy() -> SessionPolicy:
+    conf = get_settings()
+    return SessionPolicy(
+        max_sessions=conf.MAX_SESSIONS,
+        scope=conf.SESSION_SCOPE,  # type: ignore[arg-type]
+        on_limit=conf.ON_LIMIT,  # type: ignore[arg-type]
+    )
 
 
 def close_message(code: int, reason: str) -> dict[str, Any]:
@@ -167,31 +177,53 @@ class PresenceTracker:
         return Admission(True)
 
     async def _record(self, on_store_error: str, reject_code: int) -> Admission:
-        conf = get_settings()
-        policy = SessionPolicy(
-            max_sessions=conf.MAX_SESSIONS,
-            scope=conf.SESSION_SCOPE,  # type: ignore[arg-type]
-            on_limit=conf.ON_LIMIT,  # type: ignore[arg-type]
-        )
         try:
-            result = await self.store.aconnect(self.snapshot(), policy)
+            result = await self.store.aconnect(self.snapshot(), _policy())
         except StoreUnavailable as exc:
             store_failures.failed(exc)
             if on_store_error == "reject":
                 return Admission(False, 1011)
-            # Proceed untracked; the heartbeat writes it in once the store is back.
+            # Proceed untracked; the heartbeat records it, under the session
+            # policy, once the store is back.
             get_heartbeat().add(self)
             return Admission(True)
         store_failures.succeeded()
         if not result.accepted:
             return Admission(False, reject_code)
-        self.recorded = True
         get_heartbeat().add(self)
-        await close_departed(self.channel_layer, result.evicted, conf.CLOSE_CODE, "superseded")
+        await self._recorded(result)
+        return Admission(True)
+
+    async def _recorded(self, result: ConnectResult) -> None:
+        self.recorded = True
+        self.connected_at = result.connected_at or time.time()
+        await close_departed(
+            self.channel_layer, result.evicted, get_settings().CLOSE_CODE, "superseded"
+        )
         await events.connected(self, result)
         for departure in result.evicted:
             await events.departed(departure, reason="superseded")
-        return Admission(True)
+
+    async def arecover(self) -> None:
+        """Record a connection admitted while the store was down.
+
+        It goes through the session policy like any connect: it may close the
+        user's older connections, or, under ``reject_new``, be closed itself
+        with ``REJECT_CODE``.
+        """
+        if self.state is not State.CONNECTED or self.recorded or not self.tracked:
+            return
+        try:
+            result = await self.store.aconnect(self.snapshot(), _policy())
+        except StoreUnavailable as exc:
+            store_failures.failed(exc)
+            return
+        store_failures.succeeded()
+        if result.accepted:
+            await self._recorded(result)
+        elif self.channel_layer is not None and self.channel_name is not None:
+            code = get_settings().REJECT_CODE
+            await self.channel_layer.send(self.channel_name, close_message(code, "rejected"))
 
     async def ajoin(self, groups: Any) -> tuple[str, ...]:
         """Join more groups; returns the groups that were new for this connection."""

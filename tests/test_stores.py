@@ -149,8 +149,16 @@ async def test_connect_records_the_connection(store: Api) -> None:
         conn("c1", "u1", "s1", groups=("room",), meta={"tab": 1}), UNLIMITED
     )
 
-    assert result == ConnectResult(accepted=True, came_online=True, user_joined=("room",))
+    assert result == ConnectResult(
+        accepted=True,
+        came_online=True,
+        user_joined=("room",),
+        connected_at=result.connected_at,
+    )
     [recorded] = await store.user_connections("u1")
+    # The store's clock, which the tracker keeps for heartbeats to write back.
+    assert recorded.connected_at == pytest.approx(result.connected_at, abs=0.002)
+    assert abs(result.connected_at - time.time()) < 5
     assert recorded.channel_name == "c1"
     assert (recorded.user, recorded.session, recorded.groups) == ("u1", "s1", ("room",))
     assert recorded.meta == {"tab": 1}

@@ -130,6 +130,13 @@ local function records_of(u, except)
     end
   end
   if pruned then set_channels(u, kept) end
+  -- By connect time, not list position: connections written back after a
+  -- flush join the list in heartbeat order, but keep their own time.
+  table.sort(out, function(a, b)
+    local ta, tb = tonumber(a[2].t) or 0, tonumber(b[2].t) or 0
+    if ta ~= tb then return ta < tb end
+    return a[1] < b[1]
+  end)
   return out
 end
 

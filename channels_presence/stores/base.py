@@ -89,6 +89,8 @@ class ConnectResult:
     came_online: bool = False
     #: Groups in which this is the user's first live connection (same rule).
     user_joined: tuple[str, ...] = ()
+    #: When the store recorded the connection, on the store's clock.
+    connected_at: float = 0.0
 
 
 @dataclass(frozen=True)

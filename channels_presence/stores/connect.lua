@@ -65,4 +65,4 @@ for _, oc in ipairs(evict) do
   local orec, oraw = load_record(oc)
   if orec then evicted[#evicted + 1] = remove(oc, orec, oraw, 'superseded') end
 end
-return cjson.encode({true, came_online, joined, evicted})
+return cjson.encode({true, came_online, joined, evicted, connected_at})

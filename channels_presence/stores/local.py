@@ -317,6 +317,7 @@ class LocalStore:
                 evicted=tuple(d for d in evicted if d is not None),
                 came_online=came_online and conn.user is not None,
                 user_joined=joined,
+                connected_at=conn.connected_at,
             )
 
         return self._run(op)

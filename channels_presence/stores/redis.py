@@ -177,12 +177,13 @@ def _parse_connect(raw: str) -> ConnectResult:
     reply = json.loads(raw)
     if not reply[0]:
         return ConnectResult(accepted=False)
-    _, came_online, joined, evicted = reply
+    _, came_online, joined, evicted, connected_at = reply
     return ConnectResult(
         accepted=True,
         evicted=_departures(evicted),
         came_online=bool(came_online),
         user_joined=_strings(joined),
+        connected_at=float(connected_at) / 1000,
     )
 
 
@@ -216,7 +217,8 @@ def _parse_departures(raw: str) -> tuple[Departure, ...]:
 
 
 def _parse_connections(raw: str) -> tuple[Connection, ...]:
-    return tuple(_connection(channel, rec) for channel, rec in json.loads(raw) or ())
+    conns = [_connection(channel, rec) for channel, rec in json.loads(raw) or ()]
+    return tuple(sorted(conns, key=lambda c: (c.connected_at, c.channel_name)))
 
 
 def _parse_members(raw: str) -> tuple[GroupMember, ...]:

@@ -4,6 +4,7 @@
 (function () {
   // channels_presence closes a superseded connection with this code (its CLOSE_CODE).
   const SIGNED_IN_ELSEWHERE = 4001;
+  const SIGNED_OUT = 4002;
   const NOT_SIGNED_IN = 4401;
   const NO_SUCH_ROOM = 4404;
 
@@ -29,6 +30,7 @@
   // Why a socket was closed for good, from the server's last message or the close code.
   const CLOSED_BY_CODE = {};
   CLOSED_BY_CODE[SIGNED_IN_ELSEWHERE] = "superseded";
+  CLOSED_BY_CODE[SIGNED_OUT] = "logged_out";
   CLOSED_BY_CODE[NOT_SIGNED_IN] = "signed-out";
   CLOSED_BY_CODE[NO_SUCH_ROOM] = "no-room";
 
@@ -41,7 +43,7 @@
         "Use this tab instead",
         location.href,
       );
-    } else if (reason === "kicked" || reason === "signed-out") {
+    } else if (reason === "kicked" || reason === "logged_out" || reason === "signed-out") {
       showBanner("You are signed out.", "This tab was disconnected. Sign in again to rejoin.", "Sign in", signIn);
     } else {
       showBanner("This room does not exist.", "", "Back to the lobby", "/");

@@ -1,0 +1,97 @@
+"""Settings of the end-to-end project, driven by environment variables.
+
+``REDIS_URL``            Redis for the presence cache (required).
+``E2E_LAYER_REDIS_URL``  Redis for the channel layer (default: ``REDIS_URL``).
+``E2E_DB_PATH``          the SQLite file every server shares (users, sessions).
+``E2E_PRESENCE``         JSON object used as ``CHANNELS_PRESENCE``.
+``E2E_KEY_PREFIX``       keeps one test's Redis keys apart from another's.
+``E2E_CACHE_BACKEND``    ``django_redis`` (default) or ``django`` (Django's RedisCache).
+``E2E_SERVER_NAME``      a label each server reports, e.g. ``a`` or ``b``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+REDIS_URL = os.environ["REDIS_URL"]
+LAYER_REDIS_URL = os.environ.get("E2E_LAYER_REDIS_URL") or REDIS_URL
+KEY_PREFIX = os.environ.get("E2E_KEY_PREFIX", "e2e")
+SERVER_NAME = os.environ.get("E2E_SERVER_NAME", "server")
+#: The channel layer's own prefix, so tests can look at its keys.
+LAYER_PREFIX = f"{KEY_PREFIX}-layer"
+
+SECRET_KEY = "channels-presence-e2e"
+DEBUG = False
+ALLOWED_HOSTS = ["127.0.0.1", "localhost"]
+USE_TZ = True
+ROOT_URLCONF = "tests.e2e.project.urls"
+ASGI_APPLICATION = "tests.e2e.project.asgi.application"
+DEFAULT_AUTO_FIELD = "django.db.models.AutoField"
+PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+LOGIN_REDIRECT_URL = "/whoami/"
+
+INSTALLED_APPS = [
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "channels",
+]
+# E2E_PLAIN=1: a site without channels_presence, for the harness's self-test.
+if os.environ.get("E2E_PLAIN") != "1":
+    INSTALLED_APPS.append("channels_presence")
+MIDDLEWARE = [
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+]
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [Path(__file__).resolve().parent / "templates"],
+        "OPTIONS": {"context_processors": ["django.template.context_processors.csrf"]},
+    }
+]
+
+DATABASES = {
+    "default": {
+        "ENGINE": "django.db.backends.sqlite3",
+        "NAME": os.environ.get("E2E_DB_PATH", ":memory:"),
+        # Several server processes write sessions into one file: wait for
+        # the lock instead of failing, and take it up front.
+        "OPTIONS": {"timeout": 20, "transaction_mode": "IMMEDIATE"},
+    }
+}
+
+_CACHE_BACKENDS = {
+    "django_redis": "django_redis.cache.RedisCache",
+    "django": "django.core.cache.backends.redis.RedisCache",
+}
+CACHES = {
+    "default": {
+        "BACKEND": _CACHE_BACKENDS[os.environ.get("E2E_CACHE_BACKEND", "django_redis")],
+        "LOCATION": REDIS_URL,
+        "KEY_PREFIX": KEY_PREFIX,
+    }
+}
+
+CHANNEL_LAYERS = {
+    "default": {
+        "BACKEND": "channels_redis.core.RedisChannelLayer",
+        "CONFIG": {"hosts": [LAYER_REDIS_URL], "prefix": LAYER_PREFIX},
+    }
+}
+
+CHANNELS_PRESENCE = {"KEY_PREFIX": KEY_PREFIX, **json.loads(os.environ.get("E2E_PRESENCE", "{}"))}
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": f"[{SERVER_NAME}] %(levelname)s %(name)s: %(message)s"}},
+    "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "loggers": {
+        "channels_presence": {"handlers": ["stderr"], "level": "DEBUG"},
+        "django": {"handlers": ["stderr"], "level": "WARNING"},
+    },
+}
