@@ -45,7 +45,7 @@ class PresenceSettings:
     ON_STORE_ERROR: str = "allow"
     LEAVE_GRACE: float = 3.0
     DIFF_INTERVAL: float = 1.0
-    DISCONNECT_ON_LOGOUT: bool = True
+    DISCONNECT_ON_LOGOUT: bool | str = True
     METADATA_MAX_BYTES: int = 1024
 
 
@@ -149,8 +149,8 @@ def build_settings(raw: Any) -> PresenceSettings:
         "DIFF_INTERVAL", raw.get("DIFF_INTERVAL", defaults.DIFF_INTERVAL), minimum=0.01
     )
     logout = raw.get("DISCONNECT_ON_LOGOUT", defaults.DISCONNECT_ON_LOGOUT)
-    if not isinstance(logout, bool):
-        raise _bad("DISCONNECT_ON_LOGOUT", logout, "True or False")
+    if not isinstance(logout, bool) and logout != "session":
+        raise _bad("DISCONNECT_ON_LOGOUT", logout, "True, False or 'session'")
     values["DISCONNECT_ON_LOGOUT"] = logout
     meta_max = raw.get("METADATA_MAX_BYTES", defaults.METADATA_MAX_BYTES)
     if isinstance(meta_max, bool) or not isinstance(meta_max, int) or not (0 <= meta_max <= 65536):

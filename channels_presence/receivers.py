@@ -12,18 +12,22 @@ from .logs import logger
 
 
 def disconnect_on_logout(sender: Any, request: Any = None, user: Any = None, **kwargs: Any) -> None:
-    """Close the logged-out session's sockets (``DISCONNECT_ON_LOGOUT``).
+    """Close a user's sockets when they log out (``DISCONNECT_ON_LOGOUT``).
 
-    A logged-out browser must keep no live feed; the user's other devices stay
-    signed in and keep theirs. Without a session to match (a logout outside a
-    request), every socket of the user is closed. Sockets close with
-    ``LOGOUT_CODE`` and the reason ``"logged_out"``. A store or layer failure
-    is logged: logging out must never fail because of presence.
+    ``True`` (the default) closes every socket of the user on every server, so
+    no browser of theirs keeps a live feed. ``"session"`` closes only the
+    sockets of the Django session that logged out, leaving the user's other
+    devices connected (all of them when the logout had no session to match).
+    Sockets close with ``LOGOUT_CODE`` and the reason ``"logged_out"``. A
+    store or layer failure is logged: logging out never fails because of
+    presence.
     """
     conf = get_settings()
     if user is None or not conf.DISCONNECT_ON_LOGOUT or getattr(user, "pk", None) is None:
         return
-    session = getattr(getattr(request, "session", None), "session_key", None)
+    session = None
+    if conf.DISCONNECT_ON_LOGOUT == "session":
+        session = getattr(getattr(request, "session", None), "session_key", None)
     from .api import _disconnect
 
     try:

@@ -50,7 +50,7 @@ def test_heartbeat_follows_ttl_unless_given() -> None:
         ("CACHE", None, "alias of a cache"),
         ("ON_STORE_ERROR", "crash", "'allow', 'reject'"),
         ("LEAVE_GRACE", -1, ">= 0"),
-        ("DISCONNECT_ON_LOGOUT", "yes", "True or False"),
+        ("DISCONNECT_ON_LOGOUT", "yes", "True, False or 'session'"),
         ("METADATA_MAX_BYTES", 10**6, "0 to 65536"),
     ],
 )

@@ -221,10 +221,30 @@ async def test_bad_metadata_is_refused_and_nothing_changes(
 
 
 @pytest.mark.django_db(transaction=True)
-async def test_logging_out_over_http_closes_that_sessions_sockets_only(
+async def test_logging_out_over_http_closes_every_socket_of_the_user(
     ws: Any, presence_settings: Any
 ) -> None:
     presence_settings(MAX_SESSIONS=None)
+    user = await sync_to_async(get_user_model().objects.create_user)("di", password="pw")
+    laptop, phone = Client(), Client()
+    await sync_to_async(laptop.force_login)(user)
+    await sync_to_async(phone.force_login)(user)
+    on_laptop = await ws(user=user.pk, session=laptop.session.session_key)
+    on_phone = await ws(user=user.pk, session=phone.session.session_key)
+    other = await ws(user=user.pk + 1000)
+    await sync_to_async(laptop.logout)()
+    for comm in (on_laptop, on_phone):
+        texts = await closed_with(comm, 4002)
+        assert texts == [{"type": "session.superseded", "reason": "logged_out", "code": 4002}]
+    await still_open(other)
+    assert not await presence.ais_online(user)
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_logging_out_with_session_scope_closes_that_sessions_sockets_only(
+    ws: Any, presence_settings: Any
+) -> None:
+    presence_settings(MAX_SESSIONS=None, DISCONNECT_ON_LOGOUT="session")
     user = await sync_to_async(get_user_model().objects.create_user)("bo", password="pw")
     laptop, phone = Client(), Client()
     await sync_to_async(laptop.force_login)(user)

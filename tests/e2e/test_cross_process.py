@@ -476,13 +476,32 @@ async def test_redis_down_with_on_store_error_reject_closes_with_1011_then_track
     assert await channels_of(a, bob.user) == {bob_b.channel}
 
 
-async def test_logging_out_on_a_closes_that_sessions_sockets_on_b(
+async def test_logging_out_on_a_closes_every_socket_of_the_user_on_every_server(
     start_cluster: StartCluster, clients: Clients
 ) -> None:
-    """DISCONNECT_ON_LOGOUT (default on): a POST to Django's LogoutView on server A closes
-    the sockets of the logged-out session on server B (presence_closing("logged_out"),
-    LOGOUT_CODE 4002); the same user's other session and another user stay connected."""
+    """DISCONNECT_ON_LOGOUT (default True): a POST to Django's LogoutView on server A closes
+    every socket of that user, on A and on B (presence_closing("logged_out"), LOGOUT_CODE
+    4002); another user stays connected."""
     a, b = await start(start_cluster, {"MAX_SESSIONS": None})
+    laptop, phone, dave = await a.alogin("carol"), await b.alogin("carol"), await a.alogin("dave")
+    laptop_a = await clients.open(a, laptop, label="laptop-a")
+    laptop_b = await clients.open(b, laptop, label="laptop-b")
+    phone_b = await clients.open(b, phone, label="phone")
+    dave_b = await clients.open(b, dave)
+    await a.alogout(laptop)
+    for sock in (laptop_a, laptop_b, phone_b):
+        assert await sock.wait_closed(2) == 4002
+        assert {"type": "closing", "reason": "logged_out", "code": 4002} in sock.received
+    assert await dave_b.still_open_after(0.2)
+    assert await channels_of(a, laptop.user) == set()
+
+
+async def test_logout_with_session_scope_closes_only_that_sessions_sockets(
+    start_cluster: StartCluster, clients: Clients
+) -> None:
+    """DISCONNECT_ON_LOGOUT="session": the logged-out session's sockets close on every
+    server with 4002; the same user's other session and another user stay connected."""
+    a, b = await start(start_cluster, {"MAX_SESSIONS": None, "DISCONNECT_ON_LOGOUT": "session"})
     laptop, phone, dave = await a.alogin("carol"), await b.alogin("carol"), await a.alogin("dave")
     laptop_b = await clients.open(b, laptop, label="laptop")
     phone_b = await clients.open(b, phone, label="phone")
