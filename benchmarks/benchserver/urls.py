@@ -1,0 +1,3 @@
+"""No HTTP views: the benchmarks speak websocket only."""
+
+urlpatterns: list = []
