@@ -14,7 +14,7 @@ from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 
 from .conf import get_settings
-from .names import user_key, validate_group_name, validate_group_names
+from .names import pk_parser, user_key, validate_group_name, validate_group_names
 from .stores import get_store
 from .stores.base import Connection, GroupMember
 from .tracker import close_departed
@@ -47,20 +47,9 @@ __all__ = [
 ]
 
 
-def _to_pk(key: str | None) -> Any:
-    """A stored user key back as the user model's primary key type."""
-    if key is None:
-        return None
-    from django.contrib.auth import get_user_model
-
-    try:
-        return get_user_model()._meta.pk.to_python(key)
-    except Exception:  # a custom pk that cannot parse its own str(): keep the str
-        return key
-
-
-def _sorted_pks(members: tuple[GroupMember, ...]) -> list[Any]:
-    pks = [_to_pk(m.user) for m in members if m.user is not None]
+def _sorted_pks(keys: Any) -> list[Any]:
+    parse = pk_parser()
+    pks = [parse(k) for k in keys if k is not None]
     try:
         return sorted(pks)
     except TypeError:
@@ -105,16 +94,17 @@ async def agroup_members(group: str) -> list[Any]:
 
     Anonymous connections are not users and are not listed.
     """
-    return _sorted_pks(await get_store().agroup_members(validate_group_name(group)))
+    return _sorted_pks(await get_store().agroup_users(validate_group_name(group)))
 
 
 def group_members(group: str) -> list[Any]:
     """Sync twin of :func:`agroup_members`."""
-    return _sorted_pks(get_store().group_members(validate_group_name(group)))
+    return _sorted_pks(get_store().group_users(validate_group_name(group)))
 
 
 def _members_detail(members: tuple[GroupMember, ...]) -> dict[Any, list[Connection]]:
-    return {_to_pk(m.user): list(m.connections) for m in members}
+    parse = pk_parser()
+    return {None if m.user is None else parse(m.user): list(m.connections) for m in members}
 
 
 async def agroup_connections(group: str) -> dict[Any, list[Connection]]:

@@ -8,7 +8,7 @@ channel-layer group. Users are keyed by ``str(pk)``.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from .exceptions import InvalidGroupName, InvalidUser
@@ -85,3 +85,26 @@ def user_key(user: Any) -> str:
         f"User {user!r} is a {type(user).__name__}; pass a user object or its primary key "
         "(int, str or UUID)."
     )
+
+
+def pk_parser() -> Callable[[str], Any]:
+    """A function turning stored user keys back into the user model's pk type.
+
+    A custom primary key that cannot parse its own ``str()`` stays a string.
+    """
+    from django.contrib.auth import get_user_model
+
+    to_python = get_user_model()._meta.pk.to_python
+
+    def parse(key: str) -> Any:
+        try:
+            return to_python(key)
+        except Exception:
+            return key
+
+    return parse
+
+
+def user_pk(key: str | None) -> Any:
+    """A stored user key (``str(pk)``) back as the user model's primary key type."""
+    return None if key is None else pk_parser()(key)

@@ -530,6 +530,9 @@ class LocalStore:
             for user, cs in by_user.items()
         )
 
+    def group_users(self, group: str) -> tuple[str, ...]:
+        return tuple(m.user for m in self.group_members(group) if m.user is not None)
+
     def user_connections(self, user: str) -> tuple[Connection, ...]:
         with _LOCK:
             mine: dict[str, float] = (self.cache.get(self._users) or {}).get(user, {})
@@ -602,6 +605,9 @@ class LocalStore:
 
     async def agroup_members(self, group: str) -> tuple[GroupMember, ...]:
         return await self._async(self.group_members, group)
+
+    async def agroup_users(self, group: str) -> tuple[str, ...]:
+        return await self._async(self.group_users, group)
 
     async def auser_connections(self, user: str) -> tuple[Connection, ...]:
         return await self._async(self.user_connections, user)

@@ -92,7 +92,7 @@ _WRITE_SCRIPTS = (
     "sweep",
     "settle",
 )
-_READ_SCRIPTS = ("count", "group_members", "user_connections", "groups")
+_READ_SCRIPTS = ("count", "group_members", "group_users", "user_connections", "groups")
 # Pool options of Django's RedisCache that are not connection arguments.
 _NOT_CONNECTION_OPTIONS = {"parser_class", "pool_class", "serializer", "serializer_class"}
 
@@ -499,6 +499,13 @@ class RedisStore:
     def _members_op(self, group: str) -> _Op[tuple[GroupMember, ...]]:
         return _Op("group_members", keys=(self._group_key(group),), parse=_parse_members)
 
+    def _group_users_op(self, group: str) -> _Op[tuple[str, ...]]:
+        return _Op(
+            "group_users",
+            keys=(self._members_key(group),),
+            parse=lambda raw: tuple(str(u) for u in raw),
+        )
+
     def _user_connections_op(self, user: str) -> _Op[tuple[Connection, ...]]:
         return _Op("user_connections", args=(user,), parse=_parse_connections)
 
@@ -639,6 +646,14 @@ class RedisStore:
     def group_members(self, group: str) -> tuple[GroupMember, ...]:
         """Sync twin of :meth:`agroup_members`."""
         return self._run(self._members_op(group))
+
+    async def agroup_users(self, group: str) -> tuple[str, ...]:
+        """The users with a live connection in ``group``: one ZRANGEBYSCORE, no records."""
+        return await self._arun(self._group_users_op(group))
+
+    def group_users(self, group: str) -> tuple[str, ...]:
+        """Sync twin of :meth:`agroup_users`."""
+        return self._run(self._group_users_op(group))
 
     async def auser_connections(self, user: str) -> tuple[Connection, ...]:
         """A user's live connections, oldest first."""

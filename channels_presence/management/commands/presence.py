@@ -34,7 +34,7 @@ from django.db import DatabaseError
 
 from channels_presence import api
 from channels_presence.exceptions import PresenceError
-from channels_presence.names import user_key
+from channels_presence.names import user_key, user_pk
 from channels_presence.stores.base import Connection
 
 #: How much of a session key is shown: enough to tell sessions apart, too
@@ -312,7 +312,7 @@ class Command(BaseCommand):
         if not rows:
             self.note_if_per_process()
         if self.as_json:
-            self.emit_json({"user": api._to_pk(user_key(pk)), "connections": rows})
+            self.emit_json({"user": user_pk(user_key(pk)), "connections": rows})
             return
         if not rows:
             self.stdout.write(f"user {pk} has no live connections")
@@ -364,7 +364,7 @@ class Command(BaseCommand):
         if not closed:
             self.note_if_per_process()
         if self.as_json:
-            self.emit_json({"user": api._to_pk(user_key(pk)), "closed": closed, "code": code})
+            self.emit_json({"user": user_pk(user_key(pk)), "closed": closed, "code": code})
             return
         if not closed:
             self.stdout.write(f"user {pk} has no live connections; nothing to close")
@@ -387,7 +387,7 @@ class Command(BaseCommand):
                 {
                     "swept": len(swept),
                     "connections": [
-                        {"channel": c.channel_name, "user": api._to_pk(c.user)} for c in swept
+                        {"channel": c.channel_name, "user": user_pk(c.user)} for c in swept
                     ],
                 }
             )
