@@ -8,7 +8,8 @@ Group names are checked before anything is read or written.
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
@@ -18,6 +19,8 @@ from .names import pk_parser, user_key, validate_group_name, validate_group_name
 from .stores import get_store
 from .stores.base import Connection, GroupMember
 from .tracker import close_departed
+
+T = TypeVar("T")
 
 __all__ = [
     "adisconnect_user",
@@ -181,7 +184,24 @@ async def adisconnect_user(
 
 def disconnect_user(user: Any, code: int | None = None, *, session: str | None = None) -> int:
     """Sync twin of :func:`adisconnect_user`."""
-    return async_to_sync(adisconnect_user)(user, code, session=session)
+    return async_to_sync(_flushed(adisconnect_user))(user, code, session=session)
+
+
+def _flushed(fn: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
+    """``fn``, then this loop's gathered diffs sent at once.
+
+    A sync twin may run on a loop of its own that ends with the call, so
+    nothing may wait for a timer there.
+    """
+
+    async def run(*args: Any, **kwargs: Any) -> T:
+        from . import events
+
+        result = await fn(*args, **kwargs)
+        await events.flush()
+        return result
+
+    return run
 
 
 async def _disconnect(user: Any, code: int | None, session: str | None, reason: str) -> int:
@@ -195,7 +215,7 @@ async def _disconnect(user: Any, code: int | None, session: str | None, reason: 
         raise ValueError(f"code {code!r} must be 1000 or an integer from 3000 to 4999.")
     if session is not None and not isinstance(session, str):
         raise ValueError(f"session {session!r} must be a session key (str) or None.")
-    departures = await get_store().adisconnect_user(key, session)
+    departures = await get_store().adisconnect_user(key, session, reason)
     await close_departed(get_channel_layer(), departures, close_code, reason)
     from . import events
 
@@ -222,7 +242,7 @@ async def asweep() -> list[Connection]:
 
 def sweep() -> list[Connection]:
     """Sync twin of :func:`asweep`."""
-    return async_to_sync(asweep)()
+    return async_to_sync(_flushed(asweep))()
 
 
 async def agroup_send(group: str, message: dict[str, Any]) -> int:

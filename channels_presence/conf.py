@@ -125,8 +125,13 @@ def build_settings(raw: Any) -> PresenceSettings:
     heartbeat = (
         ttl / 3 if heartbeat_raw is None else _number("HEARTBEAT", heartbeat_raw, minimum=0.1)
     )
-    if heartbeat >= ttl:
-        raise _bad("HEARTBEAT", heartbeat_raw, f"less than TTL ({ttl:g}), or left out for TTL / 3")
+    if heartbeat > ttl / 2:
+        # One late beat must not get a live server's connections swept.
+        raise _bad(
+            "HEARTBEAT",
+            heartbeat_raw,
+            f"at most half of TTL ({ttl / 2:g}), or left out for TTL / 3",
+        )
     values["TTL"] = ttl
     values["HEARTBEAT"] = heartbeat
 

@@ -88,11 +88,18 @@ class PresenceConsumerMixin:
     # Configuration hooks ------------------------------------------------------
 
     def get_presence_groups(self) -> Iterable[str]:
-        """The groups to join on connect; by default ``presence_groups``."""
+        """The groups to join on connect; by default ``presence_groups``.
+
+        Runs before the consumer's ``connect()``. In a sync consumer it runs in
+        a worker thread (the ORM is fine); in an async one it may be ``async def``.
+        """
         return self.presence_groups
 
     def get_presence_meta(self) -> dict[str, Any] | None:
-        """Metadata to attach to this connection on connect (a small JSON object)."""
+        """Metadata to attach to this connection on connect (a small JSON object).
+
+        Runs like :meth:`get_presence_groups`.
+        """
         return None
 
     async def presence_closing(self, reason: str, code: int) -> None:
@@ -183,16 +190,17 @@ class PresenceConsumerMixin:
             await self.presence.adisconnect()
             await super().dispatch(message)  # type: ignore[misc]
             return
+        if isinstance(kind, str) and kind in _MIXIN_HANDLERS:
+            await getattr(self, _MIXIN_HANDLERS[kind])(message)
+            return
         if isinstance(kind, str) and kind.startswith("presence."):
-            handler_name = _MIXIN_HANDLERS.get(kind) or kind.replace(".", "_")
-            handler = getattr(self, handler_name, None)
-            if handler is None:
+            name = kind.replace(".", "_")
+            # The mixin's own methods (presence_join, presence_leave...) are not
+            # message handlers; a message must never call them.
+            if hasattr(PresenceConsumerMixin, name) or not hasattr(self, name):
                 logger.warning("Ignored a presence message of unknown type %r", kind)
                 return
-            result = handler(message)
-            if inspect.isawaitable(result):
-                await result
-            return
+            # A handler of the consumer's own: channels runs it as usual.
         await super().dispatch(message)  # type: ignore[misc]
 
     async def _presence_connect(self) -> bool:
@@ -202,14 +210,29 @@ class PresenceConsumerMixin:
                 "PresenceConsumerMixin needs a channel layer: set CHANNEL_LAYERS, e.g. "
                 "{'default': {'BACKEND': 'channels.layers.InMemoryChannelLayer'}}."
             )
-        groups = self.get_presence_groups()
-        meta = self.get_presence_meta()
+        groups = await self._presence_hook(self.get_presence_groups)
+        meta = await self._presence_hook(self.get_presence_meta)
         admission = await tracker.aconnect(self.channel_layer, self.channel_name, groups, meta)
         if admission.accepted:
             return True
         await self._presence_send({"type": "websocket.accept"})
         await self._presence_send({"type": "websocket.close", "code": admission.close_code})
         raise StopConsumer()
+
+    async def _presence_hook(self, hook: Any) -> Any:
+        """Run a configuration hook the way the consumer runs its own code.
+
+        A sync consumer's hooks run in a worker thread, so they may use the
+        ORM; an async consumer's hooks may be coroutine functions.
+        """
+        if self._sync:
+            from channels.db import database_sync_to_async
+
+            return await database_sync_to_async(hook)()
+        result = hook()
+        if inspect.isawaitable(result):
+            result = await result
+        return result
 
     async def presence_close(self, message: dict[str, Any]) -> None:
         """Handle ``presence.close``: last word to the client, then close the socket.

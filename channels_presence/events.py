@@ -21,8 +21,8 @@ from __future__ import annotations
 
 import asyncio
 import heapq
+import inspect
 import math
-import weakref
 from typing import TYPE_CHECKING, Any
 
 from asgiref.sync import sync_to_async
@@ -32,6 +32,7 @@ from . import signals
 from .conf import get_settings
 from .exceptions import StoreUnavailable
 from .logs import logger, store_failures
+from .loops import PerLoop
 from .stores import get_store
 from .stores.base import Absence, ConnectResult, Departure
 
@@ -51,14 +52,33 @@ async def send(signal: Signal, **kwargs: Any) -> None:
     try:
         if hasattr(signal, "asend_robust"):
             results = await signal.asend_robust(sender=signals.PRESENCE, **kwargs)
-        else:  # Django 4.2
-            results = await sync_to_async(signal.send_robust)(sender=signals.PRESENCE, **kwargs)
+        else:
+            results = await _send_robust_42(signal, **kwargs)
     except Exception:
         logger.exception("Sending a presence signal failed")
         return
     for receiver, result in results:
         if isinstance(result, Exception):
             logger.error("Presence signal receiver %r raised %r", receiver, result, exc_info=result)
+
+
+async def _send_robust_42(signal: Signal, **kwargs: Any) -> list[tuple[Any, Any]]:
+    """``asend_robust`` for Django 4.2, whose signals cannot await a receiver."""
+    results: list[tuple[Any, Any]] = []
+    # Django 4.2 returns one list here (5.0+ splits sync and async receivers).
+    receivers: Any = signal._live_receivers(signals.PRESENCE)
+    for receiver in receivers:
+        try:
+            if inspect.iscoroutinefunction(receiver):
+                result = await receiver(signal=signal, sender=signals.PRESENCE, **kwargs)
+            else:
+                result = await sync_to_async(receiver)(
+                    signal=signal, sender=signals.PRESENCE, **kwargs
+                )
+        except Exception as exc:
+            result = exc
+        results.append((receiver, result))
+    return results
 
 
 # What the tracker, the API and the heartbeat report --------------------------------
@@ -229,25 +249,30 @@ def _pks(users: Any) -> list[Any]:
     return _sorted_pks(users)
 
 
-_settlers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Settler] = (
-    weakref.WeakKeyDictionary()
-)
-_diff_buffers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Diffs] = (
-    weakref.WeakKeyDictionary()
-)
+_settlers: PerLoop[Settler] = PerLoop(Settler)
+_diff_buffers: PerLoop[Diffs] = PerLoop(Diffs)
 
 
 def _settler() -> Settler:
-    loop = asyncio.get_running_loop()
-    settler = _settlers.get(loop)
-    if settler is None:
-        settler = _settlers[loop] = Settler(loop)
-    return settler
+    return _settlers.get()
 
 
 def _diffs() -> Diffs:
-    loop = asyncio.get_running_loop()
-    diffs = _diff_buffers.get(loop)
-    if diffs is None:
-        diffs = _diff_buffers[loop] = Diffs(loop)
-    return diffs
+    return _diff_buffers.get()
+
+
+async def flush() -> None:
+    """Send this loop's gathered diffs now.
+
+    For short-lived loops (the sync API twins run on one each), whose timers
+    would never fire. Pending departures stay in the store, where any
+    server's heartbeat claims them.
+    """
+    diffs = _diff_buffers.values.get(asyncio.get_running_loop())
+    if diffs is None or not diffs.pending:
+        return
+    if diffs.handle is not None:
+        diffs.handle.cancel()
+        diffs.handle = None
+    pending, diffs.pending = diffs.pending, {}
+    await diffs.flush(pending)

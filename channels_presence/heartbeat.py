@@ -15,12 +15,12 @@ the last socket closes (or after a test's event loop ends).
 from __future__ import annotations
 
 import asyncio
-import weakref
 from typing import TYPE_CHECKING
 
 from .conf import get_settings
 from .exceptions import StoreUnavailable
 from .logs import logger, store_failures
+from .loops import PerLoop
 from .stores import get_store
 
 if TYPE_CHECKING:
@@ -55,14 +55,22 @@ class Heartbeat:
         """Stop refreshing ``tracker``."""
         if tracker.channel_name is not None:
             self.trackers.pop(tracker.channel_name, None)
-        if not self.trackers and self._task is not None:
-            self._task.cancel()
-            self._task = None
 
     async def _run(self) -> None:
-        while self.trackers:
-            await asyncio.sleep(get_settings().HEARTBEAT)
-            if not self.trackers:
+        # The task outlives the last local connection by TTL + LEAVE_GRACE, so
+        # entries that a crashed peer (or a failed disconnect) left behind are
+        # still swept and announced when this process is the last one up.
+        loop = asyncio.get_running_loop()
+        idle_since: float | None = None
+        while True:
+            conf = get_settings()
+            await asyncio.sleep(conf.HEARTBEAT)
+            if self.trackers:
+                idle_since = None
+            elif idle_since is None:
+                idle_since = loop.time()
+            elif loop.time() - idle_since > conf.TTL + conf.LEAVE_GRACE + conf.HEARTBEAT:
+                self._task = None
                 return
             try:
                 await self.beat()
@@ -73,7 +81,8 @@ class Heartbeat:
 
     async def beat(self) -> RefreshResult | None:
         """Refresh every local connection now; returns what the store said."""
-        from .tracker import close_departed, close_message
+        from . import events
+        from .tracker import close_departed
 
         everyone = [t for t in self.trackers.values() if t.channel_name is not None]
         trackers = [t for t in everyone if t.recorded]
@@ -89,25 +98,9 @@ class Heartbeat:
             tracker.restored()
         if result.restored:
             logger.info("Presence heartbeat wrote back %d missing connection(s).", result.restored)
-        conf = get_settings()
-        for channel in result.closed:
-            closing = self.trackers.get(channel)
-            if closing is None or closing.channel_layer is None:
-                continue
-            # Removed elsewhere: never refreshed nor recorded again from here.
-            closing.recorded = False
-            self.discard(closing)
-            reason = result.close_reasons.get(channel, "superseded")
-            if reason == "disconnected":
-                continue  # it is on its way out already
-            # A stalled process whose entries were swept must reconnect, not
-            # tell its users they signed in elsewhere.
-            code = EXPIRED_CLOSE_CODE if reason == "expired" else conf.CLOSE_CODE
-            await closing.channel_layer.send(channel, close_message(code, reason))
-        from . import events
-
+        # What the store swept and claimed exists nowhere else now: report it first.
         if result.expired:
-            layer = next((t.channel_layer for t in trackers if t.channel_layer), None)
+            layer = next((t.channel_layer for t in everyone if t.channel_layer), None)
             # Their processes are gone (nobody else will discard them), or so
             # stalled that they are counted out: 1001 tells such a client to
             # reconnect, not that it was signed in elsewhere.
@@ -116,21 +109,46 @@ class Heartbeat:
                 await events.departed(departure, reason="expired")
         if result.settled:
             await events.settled(result.settled)
+        for channel in result.closed:
+            closing = self.trackers.get(channel)
+            if closing is not None:
+                await self._close_removed(closing, result.close_reasons.get(channel, ""))
         # After the refresh, so the connections they may supersede are back in.
         for tracker in unrecorded:
             await tracker.arecover()
         return result
 
+    async def _close_removed(self, tracker: PresenceTracker, why: str) -> None:
+        """Close a local connection the store removed while its close message was lost."""
+        from .tracker import close_message
 
-_heartbeats: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Heartbeat] = (
-    weakref.WeakKeyDictionary()
-)
+        # Removed elsewhere: never refreshed nor recorded again from here.
+        tracker.recorded = False
+        self.discard(tracker)
+        reason, _, code_text = (why or "superseded").partition("|")
+        if reason == "disconnected" or tracker.channel_layer is None:
+            return  # it is on its way out already
+        conf = get_settings()
+        if code_text.isdigit():
+            code = int(code_text)
+        elif reason == "expired":
+            # A stalled process whose entries were swept must reconnect, not
+            # tell its users they signed in elsewhere.
+            code = EXPIRED_CLOSE_CODE
+        elif reason == "logged_out":
+            code = conf.LOGOUT_CODE
+        else:
+            code = conf.CLOSE_CODE
+        assert tracker.channel_name is not None
+        try:
+            await tracker.channel_layer.send(tracker.channel_name, close_message(code, reason))
+        except Exception as exc:  # e.g. ChannelFull: the rest of the beat goes on
+            logger.warning("Could not close %s: %s", tracker.channel_name, exc)
+
+
+_heartbeats: PerLoop[Heartbeat] = PerLoop(lambda loop: Heartbeat())
 
 
 def get_heartbeat() -> Heartbeat:
     """The running event loop's heartbeat."""
-    loop = asyncio.get_running_loop()
-    heartbeat = _heartbeats.get(loop)
-    if heartbeat is None:
-        heartbeat = _heartbeats[loop] = Heartbeat()
-    return heartbeat
+    return _heartbeats.get()

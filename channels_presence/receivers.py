@@ -28,10 +28,10 @@ def disconnect_on_logout(sender: Any, request: Any = None, user: Any = None, **k
     session = None
     if conf.DISCONNECT_ON_LOGOUT == "session":
         session = getattr(getattr(request, "session", None), "session_key", None)
-    from .api import _disconnect
+    from .api import _disconnect, _flushed
 
     try:
-        closed = async_to_sync(_disconnect)(user, conf.LOGOUT_CODE, session, "logged_out")
+        closed = async_to_sync(_flushed(_disconnect))(user, conf.LOGOUT_CODE, session, "logged_out")
     except (PresenceError, OSError) as exc:
         logger.error("Could not close the sockets of user %s on logout: %s", user.pk, exc)
         return

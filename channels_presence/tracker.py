@@ -9,6 +9,8 @@ however it ends. Every method is safe to call twice.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import enum
 import json
 import time
@@ -93,14 +95,19 @@ async def close_departed(
         return
     for departure in departures:
         conn = departure.connection
+        # Each step on its own: a full inbox of a dead process (ChannelFull)
+        # must not keep it in its groups.
         try:
             await layer.send(conn.channel_name, close_message(code, reason))
-            for group in conn.groups:
-                await layer.group_discard(group, conn.channel_name)
         except Exception as exc:  # a layer hiccup must not fail the caller's connect
             logger.warning(
-                "Could not close %s through the channel layer: %s", conn.channel_name, exc
+                "Could not close %s through the channel layer: %r", conn.channel_name, exc
             )
+        for group in conn.groups:
+            try:
+                await layer.group_discard(group, conn.channel_name)
+            except Exception as exc:
+                logger.warning("Could not discard %s from %r: %r", conn.channel_name, group, exc)
 
 
 class PresenceTracker:
@@ -120,6 +127,7 @@ class PresenceTracker:
         self.state = State.NEW
         #: Whether the store holds this connection (it may not, after a store error).
         self.recorded = False
+        self._connecting: asyncio.Future[ConnectResult] | None = None
 
     def __repr__(self) -> str:
         return (
@@ -177,19 +185,29 @@ class PresenceTracker:
         return Admission(True)
 
     async def _record(self, on_store_error: str, reject_code: int) -> Admission:
+        # Shielded: if this task is cancelled while the script runs, cleanup
+        # waits for the store's answer and then removes what it wrote.
+        self._connecting = asyncio.ensure_future(self.store.aconnect(self.snapshot(), _policy()))
         try:
-            result = await self.store.aconnect(self.snapshot(), _policy())
+            result = await asyncio.shield(self._connecting)
+        except asyncio.CancelledError:
+            self.state = State.CONNECTED
+            raise
         except StoreUnavailable as exc:
             store_failures.failed(exc)
             if on_store_error == "reject":
                 return Admission(False, 1011)
             # Proceed untracked; the heartbeat records it, under the session
             # policy, once the store is back.
+            self.state = State.CONNECTED
             get_heartbeat().add(self)
             return Admission(True)
         store_failures.succeeded()
         if not result.accepted:
             return Admission(False, reject_code)
+        # Live from here on, before any other await: a cancellation now must
+        # still find something to clean up.
+        self.state = State.CONNECTED
         get_heartbeat().add(self)
         await self._recorded(result)
         return Admission(True)
@@ -223,12 +241,16 @@ class PresenceTracker:
             await self._recorded(result)
         elif self.channel_layer is not None and self.channel_name is not None:
             code = get_settings().REJECT_CODE
-            await self.channel_layer.send(self.channel_name, close_message(code, "rejected"))
+            try:
+                await self.channel_layer.send(self.channel_name, close_message(code, "rejected"))
+            except Exception as exc:  # e.g. ChannelFull: the heartbeat goes on
+                logger.warning("Could not close %s: %s", self.channel_name, exc)
 
     async def ajoin(self, groups: Any) -> tuple[str, ...]:
         """Join more groups; returns the groups that were new for this connection."""
         checked = validate_group_names(groups)
-        self._require_connected()
+        if not self._require_connected():
+            return ()
         new = tuple(g for g in checked if g not in self.groups)
         if not new:
             return ()
@@ -249,7 +271,8 @@ class PresenceTracker:
     async def aleave(self, groups: Any) -> tuple[str, ...]:
         """Leave groups; returns the groups this connection was in."""
         checked = validate_group_names(groups)
-        self._require_connected()
+        if not self._require_connected():
+            return ()
         gone = tuple(g for g in checked if g in self.groups)
         if not gone:
             return ()
@@ -270,7 +293,8 @@ class PresenceTracker:
     async def aset_meta(self, meta: Any) -> None:
         """Replace this connection's metadata (a small JSON object, or None)."""
         checked = check_metadata(meta)
-        self._require_connected()
+        if not self._require_connected():
+            return
         self.meta = checked
         if self.tracked and self.recorded:
             assert self.channel_name is not None
@@ -291,8 +315,13 @@ class PresenceTracker:
         departure: Departure | None = None
         if self.tracked:
             assert self.channel_name is not None
+            if self._connecting is not None and not self._connecting.done():
+                # A cancelled connect: let its script land before removing it.
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(self._connecting)
             try:
-                departure = await self.store.adisconnect(self.channel_name)
+                # Shielded: a cancelled disconnect must still reach the store.
+                departure = await asyncio.shield(self.store.adisconnect(self.channel_name))
             except StoreUnavailable as exc:
                 # The entry expires by itself within TTL.
                 store_failures.failed(exc)
@@ -309,12 +338,15 @@ class PresenceTracker:
             await events.departed(departure, reason="disconnected")
         return departure
 
-    def _require_connected(self) -> None:
-        if self.state is not State.CONNECTED:
+    def _require_connected(self) -> bool:
+        """True while connected; False once closed (a late client command is
+        not an error: the socket is going); raises before the connect."""
+        if self.state is State.NEW:
             raise NotConnected(
-                f"This connection is {self.state.value}; presence groups can change only "
-                "between connect and disconnect."
+                "This connection is not connected yet; presence groups and metadata can "
+                "change only between connect and disconnect."
             )
+        return self.state is State.CONNECTED
 
     def restored(self) -> None:
         """The heartbeat wrote this connection back into the store."""

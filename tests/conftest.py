@@ -14,6 +14,7 @@ from hypothesis import HealthCheck
 from hypothesis import settings as hypothesis_settings
 
 from channels_presence.stores import reset_store
+from channels_presence.stores.local import clear_process_memory
 from tests.redis_server import RedisServer, find_redis_server
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
@@ -118,6 +119,7 @@ def _fresh_presence_state() -> Iterator[None]:
     from django.core.cache import caches
 
     reset_store()
+    clear_process_memory()
     for alias, config in settings.CACHES.items():
         if config["BACKEND"].endswith("LocMemCache"):
             caches[alias].clear()

@@ -43,7 +43,8 @@ def test_heartbeat_follows_ttl_unless_given() -> None:
         ("TTL", 0, ">= 1"),
         ("TTL", float("nan"), "finite"),
         ("TTL", "60", "number of seconds"),
-        ("HEARTBEAT", 90, "less than TTL"),
+        ("HEARTBEAT", 90, "at most half of TTL"),
+        ("HEARTBEAT", 31, "at most half of TTL (30)"),
         ("ANONYMOUS", "count", "'ignore', 'track'"),
         ("KEY_PREFIX", "", "1 to 64 characters"),
         ("KEY_PREFIX", "has space", "1 to 64 characters"),
@@ -102,5 +103,5 @@ def test_any_value_is_either_accepted_whole_or_refused_clearly(raw: dict[str, An
         assert "CHANNELS_PRESENCE[" in str(exc)
     else:
         assert isinstance(conf, PresenceSettings)
-        assert conf.HEARTBEAT < conf.TTL
+        assert conf.HEARTBEAT <= conf.TTL / 2
         assert conf.MAX_SESSIONS is None or conf.MAX_SESSIONS >= 1

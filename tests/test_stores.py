@@ -21,11 +21,7 @@ from channels_presence.stores.base import (
     PresenceStore,
     SessionPolicy,
 )
-
-try:
-    from channels_presence.stores.local import LocalStore
-except ImportError:  # pragma: no cover - only while the embedded store is being written
-    LocalStore = None  # type: ignore[assignment,misc]
+from channels_presence.stores.local import LocalStore
 
 UNLIMITED = SessionPolicy(max_sessions=None)
 ONE = SessionPolicy(max_sessions=1)
@@ -72,10 +68,9 @@ class Api:
 
 
 def _local(key_prefix: str, ttl: float, request: pytest.FixtureRequest) -> tuple[Any, Any]:
-    from django.core.cache import caches
-
     store = LocalStore("default", prefix=key_prefix, ttl=ttl)
-    return store, caches["default"].clear
+    # The default cache is local memory, so the state is in process memory.
+    return store, store.cache.clear
 
 
 def _redis(key_prefix: str, ttl: float, request: pytest.FixtureRequest) -> tuple[Any, Any]:
@@ -95,12 +90,34 @@ def _redis(key_prefix: str, ttl: float, request: pytest.FixtureRequest) -> tuple
     return store, wipe
 
 
+def _local_on_cache_api(
+    key_prefix: str, ttl: float, request: pytest.FixtureRequest
+) -> tuple[Any, Any]:
+    """The embedded store on a cache it must reach through the cache API."""
+    from django.core.cache import caches
+    from django.test import override_settings
+
+    folder = request.getfixturevalue("tmp_path")
+    files = {
+        "BACKEND": "django.core.cache.backends.filebased.FileBasedCache",
+        "LOCATION": str(folder / "cache"),
+    }
+    cm = override_settings(
+        CACHES={
+            "default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"},
+            "files": files,
+        }
+    )
+    cm.enable()
+    request.addfinalizer(cm.disable)
+    store = LocalStore("files", prefix=key_prefix, ttl=ttl)
+    assert store.cache is caches["files"]
+    return store, caches["files"].clear
+
+
 STORES = [
-    pytest.param(
-        _local,
-        id="local",
-        marks=pytest.mark.skipif(LocalStore is None, reason="LocalStore is not written yet"),
-    ),
+    pytest.param(_local, id="local"),
+    pytest.param(_local_on_cache_api, id="local-cache-api"),
     pytest.param(_redis, id="redis", marks=pytest.mark.redis),
 ]
 

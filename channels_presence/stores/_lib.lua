@@ -46,7 +46,11 @@ local K_PENDING = PREFIX .. ':pending'
 
 -- Every key gets an expiry, pushed forward whenever it is written or refreshed.
 local function touch(key) redis.call('EXPIRE', key, KEY_TTL) end
-local function touch_shared() touch(K_CONN); touch(K_ALIVE); touch(K_GROUPS); touch(K_USERS) end
+local function touch_shared()
+  touch(K_CONN); touch(K_ALIVE); touch(K_GROUPS); touch(K_USERS)
+  -- Departures may wait out a long grace: keep their zset alive with the rest.
+  redis.call('EXPIRE', PREFIX .. ':pending', KEY_TTL)
+end
 
 local function contains(list, x)
   for _, v in ipairs(list) do

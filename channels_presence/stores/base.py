@@ -178,16 +178,19 @@ class PresenceStore(Protocol):
     def refresh(self, connections: tuple[Connection, ...]) -> RefreshResult: ...
 
     async def adisconnect_user(
-        self, user: str, session: str | None = None
+        self, user: str, session: str | None = None, reason: str = "kicked"
     ) -> tuple[Departure, ...]:
         """Remove every connection of ``user`` (of one Django session, if given).
 
-        The caller tells them to close; tombstones keep heartbeats from
-        writing them back meanwhile.
+        The caller tells them to close; tombstones that remember ``reason``
+        keep heartbeats from writing them back meanwhile, and close them
+        should the caller's message be lost.
         """
         ...
 
-    def disconnect_user(self, user: str, session: str | None = None) -> tuple[Departure, ...]: ...
+    def disconnect_user(
+        self, user: str, session: str | None = None, reason: str = "kicked"
+    ) -> tuple[Departure, ...]: ...
 
     async def asettle(self) -> tuple[Absence, ...]:
         """Claim the pending departures whose grace has run out.

@@ -103,7 +103,10 @@ class LocalStore:
         grace: float = 0,
     ):
         self.cache_alias = cache_alias
-        self.cache = caches[cache_alias]
+        cache = caches[cache_alias]
+        #: Where the state lives: the cache itself, or for a local-memory cache
+        #: (private to the process anyway) plain dicts in process memory.
+        self.cache: Any = _memory(cache_alias) if _is_local_memory(cache) else cache
         self.prefix = prefix
         self.ttl = float(ttl)
         self.grace = float(grace)
@@ -350,6 +353,8 @@ class LocalStore:
             now = time.time()
             state = _State(self, self._base_keys())
             departure = self._remove(state, channel_name, now)
+            # A heartbeat already holding this connection must not write it back.
+            self._tombstone(state, [channel_name], now, "disconnected")
             state.save()
             return departure
 
@@ -464,7 +469,9 @@ class LocalStore:
         removed = (self._remove(state, ch, now) for ch in channels)
         return tuple(d for d in removed if d is not None)
 
-    def disconnect_user(self, user: str, session: str | None = None) -> tuple[Departure, ...]:
+    def disconnect_user(
+        self, user: str, session: str | None = None, reason: str = "kicked"
+    ) -> tuple[Departure, ...]:
         def op() -> tuple[Departure, ...]:
             now = time.time()
             state = _State(self, self._base_keys())
@@ -474,7 +481,7 @@ class LocalStore:
             if session is not None:
                 channels = [ch for ch in channels if conns.get(ch, {}).get("s") == session]
             departures = self._remove_all(state, channels, now)
-            self._tombstone(state, channels, now, "kicked")
+            self._tombstone(state, channels, now, reason)
             state.save()
             return departures
 
@@ -516,36 +523,40 @@ class LocalStore:
         return {g: int(found.get(self._gn(g), (0, 0))[0]) for g in groups}
 
     def group_members(self, group: str) -> tuple[GroupMember, ...]:
+        now = time.time()
+        by_user: dict[str | None, list[Connection]] = {}
+        # Under the lock: in process memory these are the live dicts themselves.
         with _LOCK:
             members: dict[str, str | None] = self.cache.get(self._g(group)) or {}
             conns: dict[str, dict[str, Any]] = self.cache.get(self._conns) or {}
-        now = time.time()
-        by_user: dict[str | None, list[Connection]] = {}
-        for ch, user in members.items():
-            rec = conns.get(ch)
-            if rec is not None and rec["d"] > now:
-                by_user.setdefault(user, []).append(_to_connection(ch, rec))
+            for ch, user in members.items():
+                rec = conns.get(ch)
+                if rec is not None and rec["d"] > now:
+                    by_user.setdefault(user, []).append(_to_connection(ch, rec))
         return tuple(
             GroupMember(user, tuple(sorted(cs, key=lambda c: c.connected_at)))
             for user, cs in by_user.items()
         )
 
     def group_users(self, group: str) -> tuple[str, ...]:
-        return tuple(m.user for m in self.group_members(group) if m.user is not None)
+        with _LOCK:
+            per_user: dict[str, int] = self.cache.get(self._gu(group)) or {}
+            return tuple(per_user)
 
     def user_connections(self, user: str) -> tuple[Connection, ...]:
+        now = time.time()
         with _LOCK:
             mine: dict[str, float] = (self.cache.get(self._users) or {}).get(user, {})
             conns: dict[str, dict[str, Any]] = self.cache.get(self._conns) or {}
-        now = time.time()
-        live = [
-            _to_connection(ch, conns[ch]) for ch in mine if ch in conns and conns[ch]["d"] > now
-        ]
+            live = [
+                _to_connection(ch, conns[ch]) for ch in mine if ch in conns and conns[ch]["d"] > now
+            ]
         return tuple(sorted(live, key=lambda c: (c.connected_at, c.channel_name)))
 
     def groups(self) -> dict[str, int]:
-        registry: dict[str, int] = self.cache.get(self._registry) or {}
-        return dict(sorted(registry.items()))
+        with _LOCK:
+            registry: dict[str, int] = self.cache.get(self._registry) or {}
+            return dict(sorted(registry.items()))
 
     def close(self) -> None:
         """Nothing to release: the cache belongs to Django."""
@@ -563,7 +574,7 @@ class LocalStore:
 
     @property
     def _inline(self) -> bool:
-        return type(self.cache).__name__ in ("LocMemCache", "DummyCache")
+        return isinstance(self.cache, ProcessMemory) or type(self.cache).__name__ == "DummyCache"
 
     async def aconnect(self, connection: Connection, policy: SessionPolicy) -> ConnectResult:
         return await self._async(self.connect, connection, policy)
@@ -584,9 +595,9 @@ class LocalStore:
         return await self._async(self.refresh, connections)
 
     async def adisconnect_user(
-        self, user: str, session: str | None = None
+        self, user: str, session: str | None = None, reason: str = "kicked"
     ) -> tuple[Departure, ...]:
-        return await self._async(self.disconnect_user, user, session)
+        return await self._async(self.disconnect_user, user, session, reason)
 
     async def asweep(self) -> tuple[Departure, ...]:
         return await self._async(self.sweep)
@@ -626,8 +637,62 @@ def _to_connection(channel: str, rec: dict[str, Any]) -> Connection:
         session=rec["s"],
         connected_at=rec["t"],
         groups=tuple(rec["g"]),
-        meta=rec["m"],
+        # A copy: callers must not reach into the store's own dicts.
+        meta=dict(rec["m"]) if rec["m"] is not None else None,
     )
+
+
+class ProcessMemory:
+    """The slice of the cache API the store uses, on plain dicts.
+
+    Used in place of a ``LocMemCache``, which is private to the process too
+    but pickles every value on each access (making every operation O(n) in
+    the connections) and culls keys once it holds ``MAX_ENTRIES`` (300 by
+    default, shared with the site's own caching): presence must not be
+    evicted to make room for a cached page.
+    """
+
+    def __init__(self) -> None:
+        self.data: dict[str, Any] = {}
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self.data.get(key, default)
+
+    def get_many(self, keys: Iterable[str]) -> dict[str, Any]:
+        return {k: self.data[k] for k in keys if k in self.data}
+
+    def set_many(self, mapping: dict[str, Any], timeout: Any = None) -> list[str]:
+        self.data.update(mapping)
+        return []
+
+    def delete_many(self, keys: Iterable[str]) -> None:
+        for key in keys:
+            self.data.pop(key, None)
+
+    def clear(self) -> None:
+        self.data.clear()
+
+
+_memories: dict[str, ProcessMemory] = {}
+
+
+def _memory(alias: str) -> ProcessMemory:
+    # One per cache alias, like the LocMemCache it stands in for.
+    with _LOCK:
+        return _memories.setdefault(alias, ProcessMemory())
+
+
+def _is_local_memory(cache: Any) -> bool:
+    from django.core.cache.backends.locmem import LocMemCache
+
+    return isinstance(cache, LocMemCache)
+
+
+def clear_process_memory() -> None:
+    """Forget every presence state kept in process memory (for tests)."""
+    with _LOCK:
+        for memory in _memories.values():
+            memory.clear()
 
 
 def _replace_time(conn: Connection, now: float) -> Connection:

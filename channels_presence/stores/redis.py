@@ -78,6 +78,8 @@ KEY_EXPIRY_FACTOR = 10
 #: Tombstones outlive any heartbeat that was in flight when the entry was removed.
 TOMBSTONE_FACTOR = 2
 CONNECT_TIMEOUT = 2.0
+#: Connections per pool (per process and event loop); more callers wait their turn.
+MAX_CONNECTIONS = 100
 #: A heartbeat of many thousands of connections is one script: allow it time.
 SOCKET_TIMEOUT = 5.0
 
@@ -375,17 +377,27 @@ class RedisStore:
         keys = self._base_keys + op.keys
         return len(keys), (*keys, *self._base_args, *op.args)
 
+    def _pool_kwargs(self) -> dict[str, Any]:
+        # A blocking pool: a burst of connects waits for a free connection
+        # (scripts take well under a millisecond) instead of failing as if
+        # Redis were down, which a plain pool does past max_connections.
+        kwargs = dict(self._kwargs)
+        kwargs.setdefault("max_connections", MAX_CONNECTIONS)
+        kwargs.setdefault("timeout", SOCKET_TIMEOUT)
+        return kwargs
+
     def _sync_client(self) -> redis.Redis:
         with self._lock:
             if self._sync is None:
-                self._sync = redis.Redis.from_url(
+                pool = redis.BlockingConnectionPool.from_url(
                     self.url,
                     # One quick retry covers a pooled socket that died with a
                     # Redis restart; timeouts are not retried, since the
                     # script may have run.
                     retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
-                    **self._kwargs,
+                    **self._pool_kwargs(),
                 )
+                self._sync = redis.Redis(connection_pool=pool)
             return self._sync
 
     def _async_client(self) -> redis.asyncio.Redis:
@@ -397,11 +409,12 @@ class RedisStore:
                 # weak keys alone would never let go of a closed loop.
                 for old in [lp for lp in self._async if lp.is_closed()]:
                     del self._async[old]
-                entry = redis.asyncio.Redis.from_url(
+                apool = redis.asyncio.BlockingConnectionPool.from_url(
                     self.url,
                     retry=AsyncRetry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
-                    **self._kwargs,
+                    **self._pool_kwargs(),
                 )
+                entry = redis.asyncio.Redis(connection_pool=apool)
                 self._async[loop] = entry
             return entry
 
@@ -484,8 +497,10 @@ class RedisStore:
             parse=_parse_refresh,
         )
 
-    def _disconnect_user_op(self, user: str, session: str | None) -> _Op[tuple[Departure, ...]]:
-        return _Op("disconnect_user", args=(user, _opt(session)), parse=_parse_departures)
+    def _disconnect_user_op(
+        self, user: str, session: str | None, reason: str
+    ) -> _Op[tuple[Departure, ...]]:
+        return _Op("disconnect_user", args=(user, _opt(session), reason), parse=_parse_departures)
 
     def _settle_op(self) -> _Op[tuple[Absence, ...]]:
         return _Op("settle", args=(self.sweep_batch,), parse=_parse_absences)
@@ -568,14 +583,16 @@ class RedisStore:
         return self._run(self._refresh_op(connections))
 
     async def adisconnect_user(
-        self, user: str, session: str | None = None
+        self, user: str, session: str | None = None, reason: str = "kicked"
     ) -> tuple[Departure, ...]:
         """Remove every connection of ``user`` (of one session, if given)."""
-        return await self._arun(self._disconnect_user_op(user, session))
+        return await self._arun(self._disconnect_user_op(user, session, reason))
 
-    def disconnect_user(self, user: str, session: str | None = None) -> tuple[Departure, ...]:
+    def disconnect_user(
+        self, user: str, session: str | None = None, reason: str = "kicked"
+    ) -> tuple[Departure, ...]:
         """Sync twin of :meth:`adisconnect_user`."""
-        return self._run(self._disconnect_user_op(user, session))
+        return self._run(self._disconnect_user_op(user, session, reason))
 
     async def asettle(self) -> tuple[Absence, ...]:
         """Claim the departures whose leave grace has run out (exactly once overall)."""

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +61,20 @@ def layer_redis_url(redis_server: RedisServer | None, redis_url: str) -> Iterato
     layer.close()
 
 
+@pytest.fixture(scope="session")
+def create_users(e2e_dir: Path, e2e_users: dict[str, int], redis_url: str) -> Callable[..., Any]:
+    """``create_users(names)``: more users in the shared database; returns ``{name: pk}``.
+
+    For the tests that need dozens of users; the password is harness.PASSWORD.
+    Users that exist already are kept (their password is set again).
+    """
+
+    def create(names: Iterable[str]) -> dict[str, int]:
+        return setup_database(e2e_dir / "db.sqlite3", redis_url, names)
+
+    return create
+
+
 @pytest.fixture
 def start_cluster(
     request: pytest.FixtureRequest,
@@ -70,6 +84,9 @@ def start_cluster(
     layer_redis_url: str,
 ) -> Iterator[Callable[..., Cluster]]:
     """Start servers: ``start_cluster(presence={...}, names=("a", "b"), kind="uvicorn")``.
+
+    ``record_events=True`` makes them record every presence signal (see
+    ``harness.recorded_events``).
 
     Each call gets key prefixes of its own. Every server is stopped at
     teardown, and its log is printed when the test failed.
@@ -83,6 +100,7 @@ def start_cluster(
         kind: str | tuple[str, ...] = "uvicorn",
         cache_backend: str = "django_redis",
         presence_enabled: bool = True,
+        record_events: bool = False,
     ) -> Cluster:
         config = ServerConfig(
             redis_url=redis_url,
@@ -92,6 +110,7 @@ def start_cluster(
             presence=dict(presence or {}),
             cache_backend=cache_backend,
             presence_enabled=presence_enabled,
+            record_events=record_events,
         )
         cluster = Cluster(config, names, kind)
         clusters.append(cluster)

@@ -247,11 +247,18 @@ class ServerConfig:
     cache_backend: str = "django_redis"
     #: ``False``: the websocket route has no presence at all (harness self-test).
     presence_enabled: bool = True
+    #: Record every presence signal in the list :attr:`events_key` (project/recorder.py).
+    record_events: bool = False
 
     @property
     def layer_prefix(self) -> str:
         """The channel layer's key prefix (see the project's settings)."""
         return f"{self.key_prefix}-layer"
+
+    @property
+    def events_key(self) -> str:
+        """The list on the layer Redis holding the recorded presence signals."""
+        return f"{self.key_prefix}-events"
 
 
 class AsgiServer:
@@ -328,8 +335,11 @@ class AsgiServer:
             "E2E_SERVER_NAME": self.name,
         }
         env.pop("E2E_PLAIN", None)
+        env.pop("E2E_RECORD_EVENTS", None)
         if not c.presence_enabled:
             env["E2E_PLAIN"] = "1"
+        if c.record_events:
+            env["E2E_RECORD_EVENTS"] = "1"
         return env
 
     def start(self, timeout: float = START_TIMEOUT) -> None:
@@ -711,3 +721,200 @@ async def eventually(
         if time.monotonic() - start > timeout:
             raise AssertionError(f"{what} not reached within {timeout}s; last value: {last!r}")
         await asyncio.sleep(interval)
+
+
+# -- many clients at once -------------------------------------------------------------
+
+
+class LiveClient:
+    """A websocket client whose messages a task of its own reads as they arrive.
+
+    Unlike :class:`Client`, nobody has to be reading for a close to be seen:
+    with hundreds of clients, :attr:`close_code` is set the moment the server
+    closes (or dies), which is what the load tests count open sockets by.
+    Commands are sent with :meth:`request`, one at a time per client.
+    """
+
+    def __init__(self, label: str, login: Login | None = None, server: str = "") -> None:
+        self.label = label
+        self.login = login
+        #: The name of the server this client connected to.
+        self.server = server
+        self.ws: ClientConnection | None = None
+        self.hello: dict[str, Any] | None = None
+        self.received: list[dict[str, Any]] = []
+        #: The server's close code (1006 if the connection died); None while open.
+        self.close_code: int | None = None
+        self.closed_at: float | None = None
+        #: Whether this side asked to close.
+        self.closed_by_client = False
+        self._reader: asyncio.Task[None] | None = None
+        self._changed = asyncio.Condition()
+
+    def __repr__(self) -> str:
+        where = f"{self.label}@{self.server}"
+        return f"<LiveClient {where} channel={self.channel} code={self.close_code}>"
+
+    @classmethod
+    async def open(
+        cls,
+        server: AsgiServer,
+        login: Login | None = None,
+        *,
+        label: str = "",
+        timeout: float = 5.0,
+    ) -> LiveClient:
+        """Connect, wait for the hello (or the server's close), then read in the background.
+
+        Raises OSError, InvalidHandshake or TimeoutError when the server cannot be reached.
+        """
+        client = cls(label or (login.username if login else "anonymous"), login, server.name)
+        headers = {"Cookie": login.cookie} if login else {}
+        client.ws = await asyncio.wait_for(
+            connect(
+                server.ws_url,
+                additional_headers=headers,
+                open_timeout=timeout,
+                close_timeout=2,
+                ping_interval=None,
+                max_queue=None,
+            ),
+            timeout + 1,
+        )
+        try:
+            raw = await asyncio.wait_for(client.ws.recv(), timeout)
+        except ConnectionClosed:
+            client._ended()
+            return client
+        except TimeoutError:
+            await client.close()
+            raise
+        client.hello = json.loads(raw)
+        client._reader = asyncio.get_running_loop().create_task(client._read())
+        return client
+
+    @property
+    def channel(self) -> str | None:
+        return self.hello.get("channel") if self.hello else None
+
+    @property
+    def session(self) -> str | None:
+        return self.hello.get("session") if self.hello else None
+
+    @property
+    def is_open(self) -> bool:
+        """Accepted (a hello came) and not closed by either side."""
+        return self.hello is not None and self.close_code is None and not self.closed_by_client
+
+    async def _read(self) -> None:
+        assert self.ws is not None
+        try:
+            async for raw in self.ws:
+                self.received.append(json.loads(raw))
+                await self._notify()
+        except ConnectionClosed:
+            pass
+        finally:
+            self._ended()
+            await self._notify()
+
+    def _ended(self) -> None:
+        if self.close_code is not None:
+            return
+        assert self.ws is not None
+        received = self.ws.protocol.close_rcvd
+        self.close_code = received.code if received is not None else 1006
+        self.closed_at = time.monotonic()
+
+    async def _notify(self) -> None:
+        async with self._changed:
+            self._changed.notify_all()
+
+    async def _wait(self, check: Callable[[], bool], timeout: float, what: str) -> None:
+        async with self._changed:
+            try:
+                await asyncio.wait_for(self._changed.wait_for(check), timeout)
+            except TimeoutError:
+                raise TimeoutError(f"{self!r}: no {what} within {timeout}s") from None
+
+    async def request(
+        self, payload: dict[str, Any], reply_type: str, timeout: float = 5.0
+    ) -> dict[str, Any]:
+        """Send a command and wait for its reply; ConnectionClosed if the socket ends first."""
+        assert self.ws is not None
+        start = len(self.received)
+        await self.ws.send(json.dumps(payload))
+
+        def replied() -> bool:
+            return self.close_code is not None or any(
+                m.get("type") == reply_type for m in self.received[start:]
+            )
+
+        await self._wait(replied, timeout, f"{reply_type!r} reply")
+        reply = next((m for m in self.received[start:] if m.get("type") == reply_type), None)
+        if reply is None:
+            raise ConnectionClosed(None, None)
+        return reply
+
+    async def wait_closed(self, timeout: float = 5.0) -> int:
+        """Wait until the connection ends; return the close code."""
+        await self._wait(lambda: self.close_code is not None, timeout, "close")
+        assert self.close_code is not None
+        return self.close_code
+
+    async def close(self) -> None:
+        """Close from this side (a tab closed); the reader task ends with the socket."""
+        self.closed_by_client = True
+        if self.ws is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.ws.close(), 3)
+        if self._reader is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._reader, 3)
+
+
+def raise_fd_limit(wanted: int) -> int:
+    """Raise this process's soft RLIMIT_NOFILE towards ``wanted`` (servers started
+    afterwards inherit it); returns the soft limit now in force."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        soft = target
+    return soft
+
+
+def login_many(server: AsgiServer, usernames: Iterable[str], workers: int = 8) -> list[Login]:
+    """Log each name in through ``server`` (a few at a time); one Login per name, in order."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(workers) as pool:
+        return list(pool.map(server.login, usernames))
+
+
+def presence_keys(redis_url: str, prefix: str) -> dict[str, float]:
+    """Every key of the presence prefix in Redis, with its remaining expiry in
+    seconds (-1: none)."""
+    import redis
+
+    client = redis.Redis.from_url(redis_url)
+    try:
+        keys = list(client.scan_iter(match=f"{prefix}:*", count=1000))
+        expiries = {k.decode(): client.pttl(k) for k in keys}
+        # -2: expired since the scan saw it.
+        return {k: ms / 1000 if ms >= 0 else -1.0 for k, ms in expiries.items() if ms != -2}
+    finally:
+        client.close()
+
+
+def recorded_events(layer_redis_url: str, config: ServerConfig) -> list[dict[str, Any]]:
+    """The presence signals the servers recorded so far, in the order they were sent."""
+    import redis
+
+    client = redis.Redis.from_url(layer_redis_url)
+    try:
+        return [json.loads(raw) for raw in client.lrange(config.events_key, 0, -1)]
+    finally:
+        client.close()

@@ -7,6 +7,7 @@
 ``E2E_KEY_PREFIX``       keeps one test's Redis keys apart from another's.
 ``E2E_CACHE_BACKEND``    ``django_redis`` (default) or ``django`` (Django's RedisCache).
 ``E2E_SERVER_NAME``      a label each server reports, e.g. ``a`` or ``b``.
+``E2E_RECORD_EVENTS``    ``1``: record every presence signal (see :mod:`.recorder`).
 """
 
 from __future__ import annotations
@@ -21,6 +22,9 @@ KEY_PREFIX = os.environ.get("E2E_KEY_PREFIX", "e2e")
 SERVER_NAME = os.environ.get("E2E_SERVER_NAME", "server")
 #: The channel layer's own prefix, so tests can look at its keys.
 LAYER_PREFIX = f"{KEY_PREFIX}-layer"
+#: The list on the layer Redis that recorded presence signals go to.
+EVENTS_KEY = f"{KEY_PREFIX}-events"
+RECORD_EVENTS = os.environ.get("E2E_RECORD_EVENTS") == "1"
 
 SECRET_KEY = "channels-presence-e2e"
 DEBUG = False
@@ -79,7 +83,14 @@ CACHES = {
 CHANNEL_LAYERS = {
     "default": {
         "BACKEND": "channels_redis.core.RedisChannelLayer",
-        "CONFIG": {"hosts": [LAYER_REDIS_URL], "prefix": LAYER_PREFIX},
+        # Two redis-py 8 defaults that break channels_redis 4.3 under test: a 5 s
+        # socket timeout (channels_redis blocks 5 s in BZPOPMIN, so an idle
+        # consumer dies of a read timeout) and at most 100 connections per pool
+        # (more concurrent layer calls fail with "Too many connections").
+        "CONFIG": {
+            "hosts": [{"address": LAYER_REDIS_URL, "socket_timeout": 15, "max_connections": 5000}],
+            "prefix": LAYER_PREFIX,
+        },
     }
 }
 

@@ -16,4 +16,6 @@ urlpatterns = [
     path("presence/user/<int:pk>/", views.presence_user),
     path("presence/disconnect/<int:pk>/", views.disconnect),
     path("presence/send/", views.send),
+    path("presence/snapshot/", views.presence_snapshot),
+    path("loop-lag/", views.loop_lag),
 ]

@@ -121,3 +121,48 @@ def send(request: HttpRequest) -> JsonResponse:
     body = json.loads(request.body or b"{}")
     result = group_send(body["group"], {"type": "room.message", "text": body.get("text", "")})
     return JsonResponse({"server": settings.SERVER_NAME, "result": jsonable(result)})
+
+
+async def presence_snapshot(request: HttpRequest) -> JsonResponse:
+    """``?group=g&user=pk...``: many reads in one request, through the async API.
+
+    For each group its size, user count and members; for each user their live
+    channels, oldest first; and ``groups()``, every non-empty group. A test
+    comparing whole populations then needs one request per poll, not dozens.
+    """
+    from channels_presence import (
+        agroup_members,
+        agroup_size,
+        agroup_user_count,
+        agroups,
+        auser_channels,
+    )
+
+    groups = {}
+    for group in request.GET.getlist("group"):
+        groups[group] = {
+            "size": await agroup_size(group),
+            "users": await agroup_user_count(group),
+            "members": jsonable(await agroup_members(group)),
+        }
+    users = {pk: await auser_channels(int(pk)) for pk in request.GET.getlist("user")}
+    return JsonResponse(
+        {
+            "server": settings.SERVER_NAME,
+            "groups": groups,
+            "users": users,
+            "all_groups": jsonable(await agroups()),
+        }
+    )
+
+
+async def loop_lag(request: HttpRequest) -> JsonResponse:
+    """The event loop's worst stall since the last ``?reset=1`` (see :mod:`.loop_lag`).
+
+    An async view, so answering it needs the loop and nothing else: its
+    round-trip time is a probe of the loop's responsiveness too.
+    """
+    from .loop_lag import monitor
+
+    figures = monitor().read(reset=request.GET.get("reset") == "1")
+    return JsonResponse({"server": settings.SERVER_NAME, **figures})
