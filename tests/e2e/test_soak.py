@@ -143,7 +143,10 @@ class Browsers:
             await tab.client.request(payload, reply, timeout=REPLY_TIMEOUT)
         except Exception:
             # Closed under the command (superseded, crashed, reloaded): no reply is due.
-            if tab.open:
+            # A SIGKILL can cut the socket before its reader has noticed, so a
+            # tab whose server is down counts as closed too.
+            server = next((s for s in self.cluster if s.name == tab.client.server), None)
+            if tab.open and (server is None or server.running):
                 raise
             return False
         return True
