@@ -11,12 +11,15 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from django.conf import settings as django_settings
 from django.core.exceptions import ImproperlyConfigured
 from django.core.signals import setting_changed
 from django.dispatch import receiver
+
+if TYPE_CHECKING:
+    from .stores.base import SessionPolicy
 
 SETTING_NAME = "CHANNELS_PRESENCE"
 
@@ -173,6 +176,18 @@ def get_settings() -> PresenceSettings:
     if _cached is None:
         _cached = build_settings(getattr(django_settings, SETTING_NAME, None))
     return _cached
+
+
+def session_policy() -> SessionPolicy:
+    """The session policy of the current settings, as the stores take it."""
+    from .stores.base import SessionPolicy
+
+    conf = get_settings()
+    return SessionPolicy(
+        max_sessions=conf.MAX_SESSIONS,
+        scope=conf.SESSION_SCOPE,  # type: ignore[arg-type]
+        on_limit=conf.ON_LIMIT,  # type: ignore[arg-type]
+    )
 
 
 @receiver(setting_changed)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING
 
-from .conf import get_settings
+from .conf import get_settings, session_policy
 from .exceptions import StoreUnavailable
 from .logs import logger, store_failures
 from .loops import PerLoop
@@ -89,7 +89,9 @@ class Heartbeat:
         # Admitted while the store was down: they must pass the session policy.
         unrecorded = [t for t in everyone if not t.recorded]
         try:
-            result = await get_store().arefresh(tuple(t.snapshot() for t in trackers))
+            result = await get_store().arefresh(
+                tuple(t.snapshot() for t in trackers), session_policy()
+            )
         except StoreUnavailable as exc:
             store_failures.failed(exc)
             return None

@@ -18,13 +18,13 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from . import events
-from .conf import get_settings
+from .conf import get_settings, session_policy
 from .exceptions import InvalidMetadata, NotConnected, StoreUnavailable
 from .heartbeat import get_heartbeat
 from .logs import logger, store_failures
 from .names import validate_group_names
 from .stores import get_store
-from .stores.base import Connection, ConnectResult, Departure, SessionPolicy
+from .stores.base import Connection, ConnectResult, Departure
 
 if TYPE_CHECKING:
     from .stores.base import PresenceStore
@@ -45,15 +45,6 @@ class Admission:
 
     accepted: bool
     close_code: int | None = None
-
-
-def _policy() -> SessionPolicy:
-    conf = get_settings()
-    return SessionPolicy(
-        max_sessions=conf.MAX_SESSIONS,
-        scope=conf.SESSION_SCOPE,  # type: ignore[arg-type]
-        on_limit=conf.ON_LIMIT,  # type: ignore[arg-type]
-    )
 
 
 def close_message(code: int, reason: str) -> dict[str, Any]:
@@ -187,7 +178,9 @@ class PresenceTracker:
     async def _record(self, on_store_error: str, reject_code: int) -> Admission:
         # Shielded: if this task is cancelled while the script runs, cleanup
         # waits for the store's answer and then removes what it wrote.
-        self._connecting = asyncio.ensure_future(self.store.aconnect(self.snapshot(), _policy()))
+        self._connecting = asyncio.ensure_future(
+            self.store.aconnect(self.snapshot(), session_policy())
+        )
         try:
             result = await asyncio.shield(self._connecting)
         except asyncio.CancelledError:
@@ -232,7 +225,7 @@ class PresenceTracker:
         if self.state is not State.CONNECTED or self.recorded or not self.tracked:
             return
         try:
-            result = await self.store.aconnect(self.snapshot(), _policy())
+            result = await self.store.aconnect(self.snapshot(), session_policy())
         except StoreUnavailable as exc:
             store_failures.failed(exc)
             return

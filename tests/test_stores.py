@@ -518,6 +518,28 @@ async def test_refresh_restores_what_the_store_lost(store: Api) -> None:
     assert (await store.refresh(local)).restored == 0
 
 
+async def test_refresh_does_not_write_back_past_the_session_limit(store: Api) -> None:
+    """After a flush, a connect that saw none of the user's older connections got in;
+    writing the older one back would exceed the limit, so it is closed instead."""
+    older = conn("old", "u1", "s1", groups=("room",))
+    await store.connect(older, ONE)
+    store.wipe()
+    newer = await store.connect(conn("new", "u1", "s2", groups=("room",)), ONE)
+    assert newer.accepted and newer.evicted == ()
+
+    result = await store.refresh((older,), ONE)
+
+    assert result.closed == ("old",)
+    assert result.close_reasons == {"old": "superseded"}
+    assert result.restored == 0
+    assert [c.channel_name for c in await store.user_connections("u1")] == ["new"]
+    assert await populations(store, "room") == (1, 1)
+    # Same session (session scope): a tab of the live session is written back.
+    tab = conn("tab", "u1", "s2", groups=("room",))
+    scoped = SessionPolicy(max_sessions=1, scope="session")
+    assert (await store.refresh((tab,), scoped)).restored == 1
+
+
 # Expiry ----------------------------------------------------------------------
 
 

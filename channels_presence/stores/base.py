@@ -167,15 +167,21 @@ class PresenceStore(Protocol):
 
     def set_meta(self, channel_name: str, meta: dict[str, Any] | None) -> bool: ...
 
-    async def arefresh(self, connections: tuple[Connection, ...]) -> RefreshResult:
+    async def arefresh(
+        self, connections: tuple[Connection, ...], policy: SessionPolicy | None = None
+    ) -> RefreshResult:
         """Keep this process's connections alive, in one round trip.
 
-        Re-writes any that are missing, reports those that must close, and
-        sweeps a bounded batch of expired entries of any process.
+        Re-writes any that are missing (unless that would take their user
+        past ``policy``'s limit: those are reported closed as superseded),
+        reports those that must close, and sweeps a bounded batch of expired
+        entries of any process.
         """
         ...
 
-    def refresh(self, connections: tuple[Connection, ...]) -> RefreshResult: ...
+    def refresh(
+        self, connections: tuple[Connection, ...], policy: SessionPolicy | None = None
+    ) -> RefreshResult: ...
 
     async def adisconnect_user(
         self, user: str, session: str | None = None, reason: str = "kicked"

@@ -414,7 +414,9 @@ class LocalStore:
 
         return self._run(op)
 
-    def refresh(self, connections: tuple[Connection, ...]) -> RefreshResult:
+    def refresh(
+        self, connections: tuple[Connection, ...], policy: SessionPolicy | None = None
+    ) -> RefreshResult:
         def op() -> RefreshResult:
             now = time.time()
             groups = {g for c in connections for g in c.groups}
@@ -431,8 +433,14 @@ class LocalStore:
                     continue
                 rec = conns.get(ch)
                 if rec is None:
-                    self._record(state, conn, now + self.ttl)
-                    restored += 1
+                    live = (
+                        [] if conn.user is None else self._user_live_channels(state, conn.user, now)
+                    )
+                    if policy is not None and self._over_limit(state, conn, live, policy):
+                        closed[ch] = "superseded"
+                    else:
+                        self._record(state, conn, now + self.ttl)
+                        restored += 1
                     continue
                 rec["d"] = now + self.ttl
                 state.mark(self._conns)
@@ -591,8 +599,10 @@ class LocalStore:
     async def aset_meta(self, channel_name: str, meta: dict[str, Any] | None) -> bool:
         return await self._async(self.set_meta, channel_name, meta)
 
-    async def arefresh(self, connections: tuple[Connection, ...]) -> RefreshResult:
-        return await self._async(self.refresh, connections)
+    async def arefresh(
+        self, connections: tuple[Connection, ...], policy: SessionPolicy | None = None
+    ) -> RefreshResult:
+        return await self._async(self.refresh, connections, policy)
 
     async def adisconnect_user(
         self, user: str, session: str | None = None, reason: str = "kicked"

@@ -479,7 +479,9 @@ class RedisStore:
     def _set_meta_op(self, channel_name: str, meta: dict[str, Any] | None) -> _Op[bool]:
         return _Op("set_meta", args=(channel_name, _meta(meta)), parse=bool)
 
-    def _refresh_op(self, connections: tuple[Connection, ...]) -> _Op[RefreshResult]:
+    def _refresh_op(
+        self, connections: tuple[Connection, ...], policy: SessionPolicy | None
+    ) -> _Op[RefreshResult]:
         items = [
             [
                 c.channel_name,
@@ -493,7 +495,12 @@ class RedisStore:
         ]
         return _Op(
             "refresh",
-            args=(json.dumps(items, separators=(",", ":")), self.sweep_batch),
+            args=(
+                json.dumps(items, separators=(",", ":")),
+                self.sweep_batch,
+                "" if policy is None or policy.max_sessions is None else policy.max_sessions,
+                "user" if policy is None else policy.scope,
+            ),
             parse=_parse_refresh,
         )
 
@@ -569,18 +576,22 @@ class RedisStore:
         """Sync twin of :meth:`aset_meta`."""
         return self._run(self._set_meta_op(channel_name, meta))
 
-    async def arefresh(self, connections: tuple[Connection, ...]) -> RefreshResult:
+    async def arefresh(
+        self, connections: tuple[Connection, ...], policy: SessionPolicy | None = None
+    ) -> RefreshResult:
         """Keep this process's connections alive, in one round trip.
 
         Re-writes any that are missing, reports those that must close (removed
         by eviction, ``disconnect_user`` or a sweep), and sweeps up to
         ``sweep_batch`` expired entries of any process.
         """
-        return await self._arun(self._refresh_op(connections))
+        return await self._arun(self._refresh_op(connections, policy))
 
-    def refresh(self, connections: tuple[Connection, ...]) -> RefreshResult:
+    def refresh(
+        self, connections: tuple[Connection, ...], policy: SessionPolicy | None = None
+    ) -> RefreshResult:
         """Sync twin of :meth:`arefresh`."""
-        return self._run(self._refresh_op(connections))
+        return self._run(self._refresh_op(connections, policy))
 
     async def adisconnect_user(
         self, user: str, session: str | None = None, reason: str = "kicked"

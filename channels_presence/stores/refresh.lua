@@ -3,11 +3,33 @@
 -- restarted), report those removed elsewhere, then sweep a bounded batch of
 -- expired entries of any process.
 -- ARGV[6] JSON list of [channel, user, session, connected_at, groups, meta]
--- ('' for None), ARGV[7] sweep batch size.
+-- ('' for None), ARGV[7] sweep batch size, ARGV[8] max sessions ('' = no
+-- limit), ARGV[9] session scope.
 -- Returns JSON [closed [channel, why] pairs, expired departures, restored count,
 -- settled [user, group or false] pairs].
 local items = cjson.decode(ARGV[6])
 local batch = tonumber(ARGV[7])
+local max_sessions = tonumber(ARGV[8])
+local scope = ARGV[9]
+
+-- Whether writing back c (of user u, session s) would take u past the limit:
+-- a connect that landed between the flush and this heartbeat saw none of u's
+-- older connections, so the limit is applied here too.
+local function over_limit(c, u, s)
+  if not u or not max_sessions then return false end
+  local sessions, n = {}, 0
+  for _, o in ipairs(records_of(u, c)) do
+    if is_live(o[1]) then
+      local sid = (scope == 'session' and o[2].s) or ('channel:' .. o[1])
+      if not sessions[sid] then
+        sessions[sid] = true
+        n = n + 1
+      end
+    end
+  end
+  local mine = (scope == 'session' and s) or ('channel:' .. c)
+  return not sessions[mine] and n >= max_sessions
+end
 local deadline = NOW + TTL
 local closed, restored = {}, 0
 -- Keys whose expiry to push forward, each once however many connections share it.
@@ -45,8 +67,13 @@ for _, it in ipairs(items) do
       t = millis(t)
       local groups = it[5]
       if type(groups) ~= 'table' then groups = {} end
-      record(c, {u = opt(it[2]), s = opt(it[3]), t = t, g = groups, m = opt(it[6])}, deadline)
-      restored = restored + 1
+      local u, s = opt(it[2]), opt(it[3])
+      if over_limit(c, u, s) then
+        closed[#closed + 1] = {c, 'superseded'}
+      else
+        record(c, {u = u, s = s, t = t, g = groups, m = opt(it[6])}, deadline)
+        restored = restored + 1
+      end
     end
   end
 end
