@@ -105,3 +105,30 @@ def test_any_value_is_either_accepted_whole_or_refused_clearly(raw: dict[str, An
         assert isinstance(conf, PresenceSettings)
         assert conf.HEARTBEAT <= conf.TTL / 2
         assert conf.MAX_SESSIONS is None or conf.MAX_SESSIONS >= 1
+
+
+def test_a_bad_setting_stops_startup_with_the_key_named(tmp_path: Any) -> None:
+    """ASGI servers run no system checks: django.setup() itself must refuse."""
+    import subprocess
+    import sys
+
+    (tmp_path / "badsettings.py").write_text(
+        "SECRET_KEY = 'x'\n"
+        "INSTALLED_APPS = ['django.contrib.auth', 'django.contrib.contenttypes',\n"
+        "                  'channels', 'channels_presence']\n"
+        "CHANNELS_PRESENCE = {'ON_LIMIT': 'kick'}\n"
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", "import django; django.setup()"],
+        env={
+            "PYTHONPATH": str(tmp_path),
+            "DJANGO_SETTINGS_MODULE": "badsettings",
+            "PATH": "/usr/bin:/bin",
+        },
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert run.returncode != 0
+    assert "ImproperlyConfigured" in run.stderr
+    assert "CHANNELS_PRESENCE['ON_LIMIT'] is 'kick'" in run.stderr
