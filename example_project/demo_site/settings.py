@@ -82,8 +82,11 @@ if REDIS_URL:
         "default": {
             "BACKEND": "channels_redis.core.RedisChannelLayer",
             # redis-py 8 times out reads after 5 s, as long as channels_redis
-            # waits for a message: an idle consumer would see a TimeoutError.
-            "CONFIG": {"hosts": [{"address": REDIS_URL, "socket_timeout": 30}]},
+            # waits for a message (an idle consumer would see a TimeoutError),
+            # and its pool of 100 connections is small for a busy server.
+            "CONFIG": {
+                "hosts": [{"address": REDIS_URL, "socket_timeout": 30, "max_connections": 1000}]
+            },
         }
     }
 else:
