@@ -15,10 +15,17 @@ from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 
 from .conf import get_settings
-from .names import pk_parser, user_key, validate_group_name, validate_group_names
+from .names import (
+    is_close_code,
+    pk_parser,
+    sorted_pks,
+    user_key,
+    validate_group_name,
+    validate_group_names,
+)
 from .stores import get_store
 from .stores.base import Connection, GroupMember
-from .tracker import close_departed
+from .tracker import depart
 
 T = TypeVar("T")
 
@@ -48,15 +55,6 @@ __all__ = [
     "user_channels",
     "user_connections",
 ]
-
-
-def _sorted_pks(keys: Any) -> list[Any]:
-    parse = pk_parser()
-    pks = [parse(k) for k in keys if k is not None]
-    try:
-        return sorted(pks)
-    except TypeError:
-        return sorted(pks, key=str)
 
 
 # Group populations ------------------------------------------------------------
@@ -97,12 +95,12 @@ async def agroup_members(group: str) -> list[Any]:
 
     Anonymous connections are not users and are not listed.
     """
-    return _sorted_pks(await get_store().agroup_users(validate_group_name(group)))
+    return sorted_pks(await get_store().agroup_users(validate_group_name(group)))
 
 
 def group_members(group: str) -> list[Any]:
     """Sync twin of :func:`agroup_members`."""
-    return _sorted_pks(get_store().group_users(validate_group_name(group)))
+    return sorted_pks(get_store().group_users(validate_group_name(group)))
 
 
 def _members_detail(members: tuple[GroupMember, ...]) -> dict[Any, list[Connection]]:
@@ -207,20 +205,12 @@ def _flushed(fn: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
 async def _disconnect(user: Any, code: int | None, session: str | None, reason: str) -> int:
     key = user_key(user)
     close_code = get_settings().CLOSE_CODE if code is None else code
-    if (
-        isinstance(close_code, bool)
-        or not isinstance(close_code, int)
-        or not (close_code == 1000 or 3000 <= close_code <= 4999)
-    ):
+    if not is_close_code(close_code):
         raise ValueError(f"code {code!r} must be 1000 or an integer from 3000 to 4999.")
     if session is not None and not isinstance(session, str):
         raise ValueError(f"session {session!r} must be a session key (str) or None.")
     departures = await get_store().adisconnect_user(key, session, reason)
-    await close_departed(get_channel_layer(), departures, close_code, reason)
-    from . import events
-
-    for departure in departures:
-        await events.departed(departure, reason=reason)
+    await depart(get_channel_layer(), departures, reason, close_code)
     return len(departures)
 
 
@@ -230,13 +220,8 @@ async def asweep() -> list[Connection]:
     Swept connections are taken out of their channel-layer groups and get
     their leave events. Returns what was removed.
     """
-    from . import events
-    from .heartbeat import EXPIRED_CLOSE_CODE
-
     departures = await get_store().asweep()
-    await close_departed(get_channel_layer(), departures, EXPIRED_CLOSE_CODE, "expired")
-    for departure in departures:
-        await events.departed(departure, reason="expired")
+    await depart(get_channel_layer(), departures, "expired")
     return [d.connection for d in departures]
 
 

@@ -18,6 +18,8 @@ from django.core.exceptions import ImproperlyConfigured
 from django.core.signals import setting_changed
 from django.dispatch import receiver
 
+from .names import is_close_code
+
 if TYPE_CHECKING:
     from .stores.base import SessionPolicy
 
@@ -74,12 +76,7 @@ def _choice(key: str, value: Any, allowed: tuple[str, ...]) -> str:
 
 
 def _close_code(key: str, value: Any) -> int:
-    # RFC 6455: 1000 is a normal close; 3000-4999 are for libraries and apps.
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, int)
-        or not (value == 1000 or 3000 <= value <= 4999)
-    ):
+    if not is_close_code(value):
         raise _bad(key, value, "1000 or an integer from 3000 to 4999 (a websocket close code)")
     return value
 

@@ -30,7 +30,7 @@ import inspect
 from collections.abc import Awaitable, Iterable
 from typing import Any, ClassVar
 
-from asgiref.sync import async_to_sync, sync_to_async
+from asgiref.sync import async_to_sync
 from channels.consumer import AsyncConsumer
 from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncWebsocketConsumer, WebsocketConsumer
@@ -124,11 +124,7 @@ class PresenceConsumerMixin:
     async def _presence_diff(self, message: dict[str, Any]) -> None:
         if not self.presence_diffs or message.get("group") not in self.presence.groups:
             return
-        hook: Any = self.presence_diff
-        if inspect.iscoroutinefunction(hook):
-            await hook(message)
-        else:
-            await sync_to_async(hook)(message)
+        await self._presence_hook(self.presence_diff, message)
 
     # The tracker --------------------------------------------------------------
 
@@ -219,17 +215,19 @@ class PresenceConsumerMixin:
         await self._presence_send({"type": "websocket.close", "code": admission.close_code})
         raise StopConsumer()
 
-    async def _presence_hook(self, hook: Any) -> Any:
-        """Run a configuration hook the way the consumer runs its own code.
+    async def _presence_hook(self, hook: Any, *args: Any) -> Any:
+        """Run a hook the way the consumer runs its own code.
 
-        A sync consumer's hooks run in a worker thread, so they may use the
-        ORM; an async consumer's hooks may be coroutine functions.
+        ``async def`` hooks are awaited; plain ones run in a worker thread in
+        a sync consumer (so they may use the ORM) and inline in an async one.
         """
+        if inspect.iscoroutinefunction(hook):
+            return await hook(*args)
         if self._sync:
             from channels.db import database_sync_to_async
 
-            return await database_sync_to_async(hook)()
-        result = hook()
+            return await database_sync_to_async(hook)(*args)
+        result = hook(*args)
         if inspect.isawaitable(result):
             result = await result
         return result
@@ -253,12 +251,7 @@ class PresenceConsumerMixin:
         reason = message.get("reason")
         reason = reason if isinstance(reason, str) else "superseded"
         try:
-            # A sync consumer may define a plain method here.
-            hook: Any = self.presence_closing
-            if inspect.iscoroutinefunction(hook):
-                await hook(reason, code)
-            else:
-                await sync_to_async(hook)(reason, code)
+            await self._presence_hook(self.presence_closing, reason, code)
         except Exception:
             logger.exception("presence_closing() raised; closing the socket anyway")
         await tracker.adisconnect()

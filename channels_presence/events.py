@@ -33,6 +33,7 @@ from .conf import get_settings
 from .exceptions import StoreUnavailable
 from .logs import logger, store_failures
 from .loops import PerLoop
+from .names import sorted_pks
 from .stores import get_store
 from .stores.base import Absence, ConnectResult, Departure
 
@@ -234,19 +235,13 @@ class Diffs:
             message = {
                 "type": DIFF_MESSAGE_TYPE,
                 "group": group,
-                "joins": _pks(u for u, j in changes.items() if j),
-                "leaves": _pks(u for u, j in changes.items() if not j),
+                "joins": sorted_pks(u for u, j in changes.items() if j),
+                "leaves": sorted_pks(u for u, j in changes.items() if not j),
             }
             try:
                 await agroup_send(group, message)
             except Exception as exc:  # a lost diff must not break the loop
                 logger.warning("Could not send the presence diff of %r: %s", group, exc)
-
-
-def _pks(users: Any) -> list[Any]:
-    from .api import _sorted_pks
-
-    return _sorted_pks(users)
 
 
 _settlers: PerLoop[Settler] = PerLoop(Settler)

@@ -28,10 +28,6 @@ if TYPE_CHECKING:
     from .tracker import PresenceTracker
 
 
-#: Sent to a connection found alive after it had expired ("going away").
-EXPIRED_CLOSE_CODE = 1001
-
-
 class Heartbeat:
     """The refresh loop of one event loop's presence connections."""
 
@@ -82,7 +78,7 @@ class Heartbeat:
     async def beat(self) -> RefreshResult | None:
         """Refresh every local connection now; returns what the store said."""
         from . import events
-        from .tracker import close_departed
+        from .tracker import depart
 
         everyone = [t for t in self.trackers.values() if t.channel_name is not None]
         trackers = [t for t in everyone if t.recorded]
@@ -104,11 +100,8 @@ class Heartbeat:
         if result.expired:
             layer = next((t.channel_layer for t in everyone if t.channel_layer), None)
             # Their processes are gone (nobody else will discard them), or so
-            # stalled that they are counted out: 1001 tells such a client to
-            # reconnect, not that it was signed in elsewhere.
-            await close_departed(layer, result.expired, EXPIRED_CLOSE_CODE, "expired")
-            for departure in result.expired:
-                await events.departed(departure, reason="expired")
+            # stalled that they are counted out and must reconnect.
+            await depart(layer, result.expired, "expired")
         if result.settled:
             await events.settled(result.settled)
         for channel in result.closed:
@@ -122,30 +115,16 @@ class Heartbeat:
 
     async def _close_removed(self, tracker: PresenceTracker, why: str) -> None:
         """Close a local connection the store removed while its close message was lost."""
-        from .tracker import close_message
+        from .tracker import close_code, send_close
 
         # Removed elsewhere: never refreshed nor recorded again from here.
         tracker.recorded = False
         self.discard(tracker)
-        reason, _, code_text = (why or "superseded").partition("|")
+        reason = why or "superseded"
         if reason == "disconnected" or tracker.channel_layer is None:
             return  # it is on its way out already
-        conf = get_settings()
-        if code_text.isdigit():
-            code = int(code_text)
-        elif reason == "expired":
-            # A stalled process whose entries were swept must reconnect, not
-            # tell its users they signed in elsewhere.
-            code = EXPIRED_CLOSE_CODE
-        elif reason == "logged_out":
-            code = conf.LOGOUT_CODE
-        else:
-            code = conf.CLOSE_CODE
         assert tracker.channel_name is not None
-        try:
-            await tracker.channel_layer.send(tracker.channel_name, close_message(code, reason))
-        except Exception as exc:  # e.g. ChannelFull: the rest of the beat goes on
-            logger.warning("Could not close %s: %s", tracker.channel_name, exc)
+        await send_close(tracker.channel_layer, tracker.channel_name, close_code(reason), reason)
 
 
 _heartbeats: PerLoop[Heartbeat] = PerLoop(lambda loop: Heartbeat())

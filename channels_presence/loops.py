@@ -10,6 +10,7 @@ hold their loop.
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
@@ -22,13 +23,33 @@ class PerLoop(Generic[T]):
     def __init__(self, factory: Callable[[asyncio.AbstractEventLoop], T]) -> None:
         self.factory = factory
         self.values: dict[asyncio.AbstractEventLoop, T] = {}
+        # Loops of several threads (the sync twins' own) may ask at once.
+        self.lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self.values)
 
     def get(self) -> T:
         """The running loop's value."""
         loop = asyncio.get_running_loop()
         value = self.values.get(loop)
         if value is None:
-            for closed in [lp for lp in self.values if lp.is_closed()]:
-                del self.values[closed]
-            value = self.values[loop] = self.factory(loop)
+            with self.lock:
+                value = self.values.get(loop)
+                if value is None:
+                    for closed in [lp for lp in self.values if lp.is_closed()]:
+                        del self.values[closed]
+                    value = self.values[loop] = self.factory(loop)
         return value
+
+    def pop_all(self) -> list[tuple[asyncio.AbstractEventLoop, T]]:
+        """Forget every loop's value; return them."""
+        with self.lock:
+            items = list(self.values.items())
+            self.values.clear()
+        return items
+
+    def pop(self) -> T | None:
+        """Forget the running loop's value; return it."""
+        with self.lock:
+            return self.values.pop(asyncio.get_running_loop(), None)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, TypeGuard
 
 from .exceptions import InvalidGroupName, InvalidUser
 
@@ -108,3 +108,23 @@ def pk_parser() -> Callable[[str], Any]:
 def user_pk(key: str | None) -> Any:
     """A stored user key (``str(pk)``) back as the user model's primary key type."""
     return None if key is None else pk_parser()(key)
+
+
+def sorted_pks(keys: Iterable[str | None]) -> list[Any]:
+    """Stored user keys as primary keys, sorted (by ``str`` where types mix)."""
+    parse = pk_parser()
+    pks = [parse(k) for k in keys if k is not None]
+    try:
+        return sorted(pks)
+    except TypeError:
+        return sorted(pks, key=str)
+
+
+def is_close_code(code: Any) -> TypeGuard[int]:
+    """Whether ``code`` may close a websocket from the server (RFC 6455):
+    1000, or 3000 to 4999, the range for libraries and applications."""
+    return (
+        isinstance(code, int)
+        and not isinstance(code, bool)
+        and (code == 1000 or 3000 <= code <= 4999)
+    )

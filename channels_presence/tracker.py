@@ -74,6 +74,34 @@ def check_metadata(meta: Any) -> dict[str, Any] | None:
     return decoded
 
 
+#: Sent to a connection counted out after missing its heartbeats ("going away"):
+#: its client should reconnect, not believe it signed in elsewhere.
+EXPIRED_CLOSE_CODE = 1001
+
+
+def close_code(reason: str) -> int:
+    """The close code presence sends a connection it closes for ``reason``."""
+    conf = get_settings()
+    codes = {
+        "expired": EXPIRED_CLOSE_CODE,
+        "logged_out": conf.LOGOUT_CODE,
+        "rejected": conf.REJECT_CODE,
+    }
+    return codes.get(reason, conf.CLOSE_CODE)
+
+
+async def send_close(layer: Any, channel: str, code: int, reason: str) -> None:
+    """Ask one connection to close; a layer failure is logged, never raised.
+
+    A full inbox (ChannelFull) is likely exactly when the target is stuck,
+    and must not stop the caller's connect, disconnect or heartbeat.
+    """
+    try:
+        await layer.send(channel, close_message(code, reason))
+    except Exception as exc:
+        logger.warning("Could not close %s through the channel layer: %r", channel, exc)
+
+
 async def close_departed(
     layer: Any, departures: tuple[Departure, ...], code: int, reason: str
 ) -> None:
@@ -86,19 +114,22 @@ async def close_departed(
         return
     for departure in departures:
         conn = departure.connection
-        # Each step on its own: a full inbox of a dead process (ChannelFull)
-        # must not keep it in its groups.
-        try:
-            await layer.send(conn.channel_name, close_message(code, reason))
-        except Exception as exc:  # a layer hiccup must not fail the caller's connect
-            logger.warning(
-                "Could not close %s through the channel layer: %r", conn.channel_name, exc
-            )
+        # Each step on its own: a failed send must not keep it in its groups.
+        await send_close(layer, conn.channel_name, code, reason)
         for group in conn.groups:
             try:
                 await layer.group_discard(group, conn.channel_name)
             except Exception as exc:
                 logger.warning("Could not discard %s from %r: %r", conn.channel_name, group, exc)
+
+
+async def depart(
+    layer: Any, departures: tuple[Departure, ...], reason: str, code: int | None = None
+) -> None:
+    """Close connections removed from the store, then announce their departures."""
+    await close_departed(layer, departures, close_code(reason) if code is None else code, reason)
+    for departure in departures:
+        await events.departed(departure, reason=reason)
 
 
 class PresenceTracker:
@@ -208,8 +239,10 @@ class PresenceTracker:
     async def _recorded(self, result: ConnectResult) -> None:
         self.recorded = True
         self.connected_at = result.connected_at or time.time()
+        # The evicted are told to close before any receiver of the new
+        # connection's events runs.
         await close_departed(
-            self.channel_layer, result.evicted, get_settings().CLOSE_CODE, "superseded"
+            self.channel_layer, result.evicted, close_code("superseded"), "superseded"
         )
         await events.connected(self, result)
         for departure in result.evicted:
@@ -233,11 +266,9 @@ class PresenceTracker:
         if result.accepted:
             await self._recorded(result)
         elif self.channel_layer is not None and self.channel_name is not None:
-            code = get_settings().REJECT_CODE
-            try:
-                await self.channel_layer.send(self.channel_name, close_message(code, "rejected"))
-            except Exception as exc:  # e.g. ChannelFull: the heartbeat goes on
-                logger.warning("Could not close %s: %s", self.channel_name, exc)
+            await send_close(
+                self.channel_layer, self.channel_name, close_code("rejected"), "rejected"
+            )
 
     async def ajoin(self, groups: Any) -> tuple[str, ...]:
         """Join more groups; returns the groups that were new for this connection."""

@@ -35,7 +35,6 @@ import logging
 import math
 import re
 import threading
-import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from importlib import resources
@@ -53,6 +52,7 @@ from redis.retry import Retry
 
 from ..conf import PresenceSettings
 from ..exceptions import StoreUnavailable
+from ..loops import PerLoop
 from .base import (
     Absence,
     Connection,
@@ -303,9 +303,7 @@ class RedisStore:
         self._lock = threading.Lock()
         self._sync: redis.Redis | None = None
         # redis.asyncio connections belong to the loop that opened them.
-        self._async: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, redis.asyncio.Redis] = (
-            weakref.WeakKeyDictionary()
-        )
+        self._async: PerLoop[redis.asyncio.Redis] = PerLoop(lambda loop: self._new_async_client())
 
     def __repr__(self) -> str:
         return f"RedisStore(url={_safe_url(self.url)!r}, prefix={self.prefix!r})"
@@ -401,22 +399,15 @@ class RedisStore:
             return self._sync
 
     def _async_client(self) -> redis.asyncio.Redis:
-        loop = asyncio.get_running_loop()
-        with self._lock:
-            entry = self._async.get(loop)
-            if entry is None:
-                # A client keeps its loop alive through its sockets, so the
-                # weak keys alone would never let go of a closed loop.
-                for old in [lp for lp in self._async if lp.is_closed()]:
-                    del self._async[old]
-                apool = redis.asyncio.BlockingConnectionPool.from_url(
-                    self.url,
-                    retry=AsyncRetry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
-                    **self._pool_kwargs(),
-                )
-                entry = redis.asyncio.Redis(connection_pool=apool)
-                self._async[loop] = entry
-            return entry
+        return self._async.get()
+
+    def _new_async_client(self) -> redis.asyncio.Redis:
+        apool = redis.asyncio.BlockingConnectionPool.from_url(
+            self.url,
+            retry=AsyncRetry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
+            **self._pool_kwargs(),
+        )
+        return redis.asyncio.Redis(connection_pool=apool)
 
     def _run(self, op: _Op[T]) -> T:
         client = self._sync_client()
@@ -703,9 +694,7 @@ class RedisStore:
 
     async def aclose(self) -> None:
         """Close this loop's client and the sync one; others are closed on their loops."""
-        loop = asyncio.get_running_loop()
-        with self._lock:
-            mine = self._async.pop(loop, None)
+        mine = self._async.pop()
         if mine is not None:
             await mine.aclose()
         self.close()
@@ -715,8 +704,7 @@ class RedisStore:
         those still run; a client of a closed loop has nothing left to close."""
         with self._lock:
             sync, self._sync = self._sync, None
-            clients = list(self._async.items())
-            self._async.clear()
+        clients = self._async.pop_all()
         if sync is not None:
             sync.close()
         try:
