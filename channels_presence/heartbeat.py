@@ -17,6 +17,8 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING
 
+from channels.layers import get_channel_layer
+
 from .conf import get_settings, session_policy
 from .exceptions import StoreUnavailable
 from .logs import logger, store_failures
@@ -98,7 +100,9 @@ class Heartbeat:
             logger.info("Presence heartbeat wrote back %d missing connection(s).", result.restored)
         # What the store swept and claimed exists nowhere else now: report it first.
         if result.expired:
+            # A lingering heartbeat has no local connection to borrow a layer from.
             layer = next((t.channel_layer for t in everyone if t.channel_layer), None)
+            layer = layer or get_channel_layer()
             # Their processes are gone (nobody else will discard them), or so
             # stalled that they are counted out and must reconnect.
             await depart(layer, result.expired, "expired")

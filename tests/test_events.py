@@ -138,6 +138,25 @@ async def test_expired_entries_get_the_same_events_exactly_once(
     assert sorted(only(heard, "offline", "left")) == [("left", "42", "lobby"), ("offline", "42")]
 
 
+async def test_a_heartbeat_without_local_connections_discards_the_dead_from_layer_groups(
+    presence_settings: Any, heard: list[Any]
+) -> None:
+    """The last process up sweeps a crashed peer's entry out of its layer group too."""
+    from channels.layers import get_channel_layer
+
+    presence_settings(TTL=1, LEAVE_GRACE=0)
+    layer = get_channel_layer()
+    ghost = Connection("specific.dead!ghost", user="42", session=None, groups=("lobby",))
+    await get_store().aconnect(ghost, SessionPolicy(max_sessions=None))
+    await layer.group_add("lobby", ghost.channel_name)
+    await asyncio.sleep(1.1)
+    heartbeat = get_heartbeat()
+    assert len(heartbeat) == 0
+    await heartbeat.beat()
+    assert ghost.channel_name not in layer.groups.get("lobby", {})
+    assert only(heard, "closed") == [("closed", "42", "expired")]
+
+
 async def test_async_receivers_and_a_failing_receiver(
     ws: Any, presence_settings: Any, caplog: Any
 ) -> None:
