@@ -1,13 +1,19 @@
 """Connection churn: connect, join a group, disconnect, many clients at once.
 
-Run: ``python benchmarks/churn.py`` (about two minutes on 2 cores).
+Run: ``python benchmarks/churn.py`` (about three minutes on 2 cores).
 
 Three servers, one at a time, each a real uvicorn process with the Redis
-channel layer, sessions in Redis and real logged-in users (session cookies):
+channel layer, sessions in Redis and real logged-in users (session cookies),
+every client its own user:
 
 - ``bare``: ``AsyncWebsocketConsumer`` joining the group via ``groups``;
 - ``presence``: the same consumer with ``PresenceConsumerMixin`` and the Redis
-  store (``CACHES["default"]`` is django-redis on the same Redis);
+  store (``CACHES["default"]`` is django-redis on the same Redis), with the
+  package's default settings (``MAX_SESSIONS=1``: a client that reconnects
+  before its last disconnect was processed supersedes that connection, as a
+  page reload does) except ``TTL`` (``--ttl``, 6 s), shortened so that the
+  heartbeat (``TTL / 3``, every 2 s) beats several times in every window; the
+  table shows how many beats each variant's windows held;
 - ``peer``: ``django-channels-more-than-present`` (``Room.objects.add`` on
   connect, ``@remove_presence`` on disconnect) on SQLite, from its own venv.
 
@@ -29,6 +35,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -53,6 +60,8 @@ class Phase:
     client_cpu: float = 0.0
     #: Connects completed in the window, whenever they started (for the CPU figures).
     completed: int = 0
+    #: Presence heartbeats the server started during the window (presence only).
+    heartbeats: int = 0
 
     def merge(self, other: Phase) -> None:
         self.latencies += other.latencies
@@ -62,6 +71,7 @@ class Phase:
         self.redis_cpu += other.redis_cpu
         self.client_cpu += other.client_cpu
         self.completed += other.completed
+        self.heartbeats += other.heartbeats
 
     def cpu_ms_per_connect(self, which: str) -> float:
         return getattr(self, f"{which}_cpu") / self.completed * 1000 if self.completed else 0.0
@@ -88,6 +98,15 @@ async def _one_connect(url: str, cookie: str) -> float:
     return ready - started
 
 
+def heartbeats(http_url: str | None) -> int:
+    """The heartbeats the presence server has started so far; 0 for the others."""
+    if http_url is None:
+        return 0
+    with urllib.request.urlopen(f"{http_url}/heartbeats/", timeout=10) as reply:
+        count: int = json.load(reply)["heartbeats"]
+    return count
+
+
 async def load(
     url: str,
     cookies: list[str],
@@ -96,11 +115,13 @@ async def load(
     seconds: float,
     server_pid: int,
     redis_url: str,
+    http_url: str | None,
 ) -> Phase:
     """``concurrency`` clients churn for ``warmup + seconds``; only the window counts.
 
     A connect counts for latency when it started inside the window and finished
     before its end, and for throughput when it finished inside the window.
+    ``http_url`` is the presence server's, whose heartbeats are counted.
     """
     import redis
 
@@ -119,12 +140,13 @@ async def load(
 
     async def sampler() -> None:
         await asyncio.sleep(window_start - time.perf_counter())
-        before = cpu()
+        before, beats_before = cpu(), await asyncio.to_thread(heartbeats, http_url)
         await asyncio.sleep(window_end - time.perf_counter())
-        after = cpu()
+        after, beats_after = cpu(), await asyncio.to_thread(heartbeats, http_url)
         phase.server_cpu, phase.redis_cpu, phase.client_cpu = (
             a - b for a, b in zip(after, before, strict=True)
         )
+        phase.heartbeats = beats_after - beats_before
 
     async def client(n: int) -> None:
         cookie = cookies[n % len(cookies)]
@@ -161,7 +183,7 @@ def leftovers(variant: str, redis_url: str, db: str) -> dict[str, int]:
     if variant == "presence":
         from channels_presence.stores.redis import RedisStore
 
-        store = RedisStore(redis_url, prefix="bench", ttl=60)
+        store = RedisStore(redis_url)  # the default KEY_PREFIX, as the server's
         found["presence_group_size"] = store.group_size(GROUP)
         store.close()
     if variant == "peer":
@@ -176,11 +198,14 @@ def leftovers(variant: str, redis_url: str, db: str) -> dict[str, int]:
 def run_variant(variant: str, args: argparse.Namespace, redis_url: str, tmp: str) -> dict[str, Any]:
     python = harness.peer_python() if variant == "peer" else sys.executable
     db = str(Path(tmp) / f"{variant}-{time.monotonic_ns()}.sqlite3")
-    env = harness.server_env(variant, redis_url, db)
+    extra = {"BENCH_TTL": str(args.ttl)} if variant == "presence" else {}
+    env = harness.server_env(variant, redis_url, db, **extra)
+    # One user per client: nobody's connect supersedes another client's.
     cookies = harness.setup_database(python, env, args.concurrency)
     with harness.asgi_server(python, env) as server:
         url = f"ws://127.0.0.1:{server.port}/ws/"
-        common = (server.pid, redis_url)
+        http_url = f"http://127.0.0.1:{server.port}" if variant == "presence" else None
+        common = (server.pid, redis_url, http_url)
         loaded = asyncio.run(
             load(url, cookies, args.concurrency, args.warmup, args.seconds, *common)
         )
@@ -209,7 +234,10 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=50, help="clients at once (default 50)")
     parser.add_argument("--seconds", type=float, default=6.0, help="loaded window per round")
     parser.add_argument("--warmup", type=float, default=1.5, help="loaded warm-up per round")
-    parser.add_argument("--unloaded-seconds", type=float, default=3.0, help="one-client window")
+    parser.add_argument("--unloaded-seconds", type=float, default=4.0, help="one-client window")
+    parser.add_argument(
+        "--ttl", type=float, default=6.0, help="presence TTL, s; it beats every TTL / 3 (default 6)"
+    )
     parser.add_argument("--alone-seconds", type=float, default=2.5, help="bookkeeping-only window")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--variants", default=",".join(VARIANTS))
@@ -238,7 +266,15 @@ def main() -> None:
                 for key, value in result["left"].items():
                     totals[variant]["left"][key] = totals[variant]["left"].get(key, 0) + value
 
-    figures: dict[str, Any] = {"machine": info, "concurrency": args.concurrency}
+    figures: dict[str, Any] = {
+        "machine": info,
+        "concurrency": args.concurrency,
+        "ttl": args.ttl,
+        "heartbeat": args.ttl / 3,
+        "seconds": args.seconds,
+        "unloaded_seconds": args.unloaded_seconds,
+        "rounds": args.rounds,
+    }
     rows = []
     for variant in variants:
         loaded, unloaded = totals[variant]["loaded"], totals[variant]["unloaded"]
@@ -253,6 +289,8 @@ def main() -> None:
             "redis_cpu_ms_per_connect": round(loaded.cpu_ms_per_connect("redis"), 3),
             "client_cpu_ms_per_connect": round(loaded.cpu_ms_per_connect("client"), 3),
             "errors": loaded.errors + unloaded.errors,
+            "heartbeats_loaded": loaded.heartbeats,
+            "heartbeats_unloaded": unloaded.heartbeats,
             "left_behind": totals[variant]["left"],
         }
         figures[variant] = fig
@@ -261,14 +299,17 @@ def main() -> None:
             fig["unloaded_p50_ms"], fig["unloaded_p99_ms"], fig["server_cpu_ms_per_connect"],
             fig["redis_cpu_ms_per_connect"], fig["client_cpu_ms_per_connect"],
             fig["connects"], fig["errors"],
+            f"{loaded.heartbeats} / {unloaded.heartbeats}" if variant == "presence" else "-",
             ", ".join(f"{k}={v}" for k, v in fig["left_behind"].items()),
         ])  # fmt: skip
     harness.print_table(
         f"Connection churn: connect + join '{GROUP}' + disconnect, {args.concurrency} clients "
-        f"at once (loaded) and 1 client (unloaded), {args.rounds} x {args.seconds:g} s",
+        f"at once (loaded, {args.rounds} x {args.seconds:g} s) and 1 client (unloaded, "
+        f"{args.rounds} x {args.unloaded_seconds:g} s); presence TTL {args.ttl:g} s, "
+        f"heartbeat every {args.ttl / 3:g} s",
         ["variant", "connects/s", "p50 ms", "p99 ms", "1-client p50 ms", "1-client p99 ms",
          "server CPU ms/conn", "Redis CPU ms/conn", "client CPU ms/conn",
-         "connects", "errors", "left behind after"],
+         "connects", "errors", "heartbeats (loaded / 1-client)", "left behind after"],
         rows,
     )  # fmt: skip
 

@@ -114,6 +114,31 @@ def redis_server(extra: Sequence[str] = ()) -> Iterator[str]:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
+def configure_django(
+    presence_url: str, *, channel_layer: dict[str, Any], presence: dict[str, Any]
+) -> None:
+    """Django in this process, with presence on the Redis at ``presence_url``."""
+    import django
+    from django.conf import settings
+
+    settings.configure(
+        SECRET_KEY="presence-benchmark",
+        USE_TZ=True,
+        INSTALLED_APPS=[
+            "django.contrib.auth",
+            "django.contrib.contenttypes",
+            "channels",
+            "channels_presence",
+        ],
+        DATABASES={"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": ":memory:"}},
+        CACHES={"default": {"BACKEND": "django_redis.cache.RedisCache", "LOCATION": presence_url}},
+        CHANNEL_LAYERS={"default": channel_layer},
+        CHANNELS_PRESENCE=presence,
+        DEFAULT_AUTO_FIELD="django.db.models.AutoField",
+    )
+    django.setup()
+
+
 def server_env(variant: str, redis_url: str, db: str, **extra: str) -> dict[str, str]:
     """The environment of a benchmark server (see ``benchserver/settings.py``)."""
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}

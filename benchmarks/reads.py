@@ -37,25 +37,11 @@ BATCH = 1_000
 
 
 def configure_django(redis_url: str) -> None:
-    import django
-    from django.conf import settings
-
-    settings.configure(
-        SECRET_KEY="reads-benchmark",
-        USE_TZ=True,
-        INSTALLED_APPS=[
-            "django.contrib.auth",
-            "django.contrib.contenttypes",
-            "channels",
-            "channels_presence",
-        ],
-        DATABASES={"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": ":memory:"}},
-        CACHES={"default": {"BACKEND": "django_redis.cache.RedisCache", "LOCATION": redis_url}},
-        CHANNEL_LAYERS={"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}},
-        CHANNELS_PRESENCE={"KEY_PREFIX": PREFIX, "TTL": TTL, "MAX_SESSIONS": None},
-        DEFAULT_AUTO_FIELD="django.db.models.AutoField",
+    harness.configure_django(
+        redis_url,
+        channel_layer={"BACKEND": "channels.layers.InMemoryChannelLayer"},
+        presence={"KEY_PREFIX": PREFIX, "TTL": TTL, "MAX_SESSIONS": None},
     )
-    django.setup()
 
 
 def channel_name() -> str:

@@ -39,6 +39,14 @@ def table(headers: list[str], rows: list[list[Any]]) -> str:
     return "\n".join(lines)
 
 
+def heartbeats(churn: dict[str, Any], variant: str) -> str:
+    """``"6 / 4"``: the presence server's heartbeats in the loaded and 1-client windows."""
+    figures = churn[variant]
+    if variant != "presence" or "heartbeats_loaded" not in figures:
+        return "-"
+    return f"{figures['heartbeats_loaded']} / {figures['heartbeats_unloaded']}"
+
+
 def plot_reads(reads: dict[str, Any], path: Path) -> None:
     import matplotlib
 
@@ -134,12 +142,12 @@ def main() -> None:
             table(
                 ["variant", "connects/s", "p50 ms", "p99 ms", "1-client p50 ms",
                  "1-client p99 ms", "uvicorn CPU ms/connect", "Redis CPU ms/connect",
-                 "bookkeeping alone, cycles/s"],
+                 "bookkeeping alone, cycles/s", "heartbeats in the windows (loaded / 1-client)"],
                 [
                     [VARIANT_LABELS[v], churn[v]["connects_per_s"], churn[v]["p50_ms"],
                      churn[v]["p99_ms"], churn[v]["unloaded_p50_ms"], churn[v]["unloaded_p99_ms"],
                      churn[v]["server_cpu_ms_per_connect"], churn[v]["redis_cpu_ms_per_connect"],
-                     churn[v]["alone"]["cycles_per_s"]]
+                     churn[v]["alone"]["cycles_per_s"], heartbeats(churn, v)]
                     for v in variants
                 ],
             )

@@ -4,7 +4,8 @@ The public reads and actions are importable from here, async first with sync
 twins: ``agroup_size``/``group_size``, ``agroup_user_count``/``group_user_count``,
 ``agroup_members``/``group_members``, ``agroup_sizes``/``group_sizes``,
 ``auser_channels``/``user_channels``, ``ais_online``/``is_online``,
-``adisconnect_user``/``disconnect_user`` and ``agroup_send``/``group_send``.
+``adisconnect_user``/``disconnect_user``, ``agroup_send``/``group_send`` and
+``await_for_listeners``/``wait_for_listeners``.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ if TYPE_CHECKING:
         asweep,
         auser_channels,
         auser_connections,
+        await_for_listeners,
         disconnect_user,
         group_connections,
         group_members,
@@ -39,6 +41,7 @@ if TYPE_CHECKING:
         sweep,
         user_channels,
         user_connections,
+        wait_for_listeners,
     )
 
 __all__ = [
@@ -55,6 +58,7 @@ __all__ = [
     "asweep",
     "auser_channels",
     "auser_connections",
+    "await_for_listeners",
     "disconnect_user",
     "group_connections",
     "group_members",
@@ -67,6 +71,7 @@ __all__ = [
     "sweep",
     "user_channels",
     "user_connections",
+    "wait_for_listeners",
 ]
 
 

@@ -14,7 +14,9 @@ from typing import Any, TypeVar
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 
+from . import events, listeners
 from .conf import get_settings
+from .exceptions import InvalidCloseCode
 from .names import (
     is_close_code,
     pk_parser,
@@ -25,7 +27,6 @@ from .names import (
 )
 from .stores import get_store
 from .stores.base import Connection, GroupMember
-from .tracker import depart
 
 T = TypeVar("T")
 
@@ -42,6 +43,7 @@ __all__ = [
     "asweep",
     "auser_channels",
     "auser_connections",
+    "await_for_listeners",
     "disconnect_user",
     "group_connections",
     "group_members",
@@ -54,20 +56,27 @@ __all__ = [
     "sweep",
     "user_channels",
     "user_connections",
+    "wait_for_listeners",
 ]
 
 
 # Group populations ------------------------------------------------------------
 
 
-async def agroup_size(group: str) -> int:
-    """The number of live connections in ``group``."""
-    return await get_store().agroup_size(validate_group_name(group))
+async def agroup_size(group: str, *, max_age: float | None = None) -> int:
+    """The number of live connections in ``group``.
+
+    With ``max_age`` (seconds; default ``LISTENERS_MAX_AGE``, 0) above 0 the
+    answer may come from this process's cache, read from the store at most
+    once per ``max_age`` per group: joins elsewhere show within ``max_age``,
+    joins in this process at once. Meant for "is anyone there?" in a hot loop.
+    """
+    return await listeners.agroup_size(group, max_age=max_age)
 
 
-def group_size(group: str) -> int:
-    """Sync twin of :func:`agroup_size`."""
-    return get_store().group_size(validate_group_name(group))
+def group_size(group: str, *, max_age: float | None = None) -> int:
+    """Sync twin of :func:`agroup_size`; it shares the process's cache."""
+    return listeners.group_size(group, max_age=max_age)
 
 
 async def agroup_user_count(group: str) -> int:
@@ -193,8 +202,6 @@ def _flushed(fn: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
     """
 
     async def run(*args: Any, **kwargs: Any) -> T:
-        from . import events
-
         result = await fn(*args, **kwargs)
         await events.flush()
         return result
@@ -206,11 +213,11 @@ async def _disconnect(user: Any, code: int | None, session: str | None, reason: 
     key = user_key(user)
     close_code = get_settings().CLOSE_CODE if code is None else code
     if not is_close_code(close_code):
-        raise ValueError(f"code {code!r} must be 1000 or an integer from 3000 to 4999.")
+        raise InvalidCloseCode(f"code {code!r} must be 1000 or an integer from 3000 to 4999.")
     if session is not None and not isinstance(session, str):
-        raise ValueError(f"session {session!r} must be a session key (str) or None.")
-    departures = await get_store().adisconnect_user(key, session, reason)
-    await depart(get_channel_layer(), departures, reason, close_code)
+        raise InvalidCloseCode(f"session {session!r} must be a session key (str) or None.")
+    departures = await get_store().adisconnect_user(key, session, reason, close_code)
+    await events.depart(get_channel_layer(), departures, reason, close_code)
     return len(departures)
 
 
@@ -221,7 +228,7 @@ async def asweep() -> list[Connection]:
     their leave events. Returns what was removed.
     """
     departures = await get_store().asweep()
-    await depart(get_channel_layer(), departures, "expired")
+    await events.depart(get_channel_layer(), departures, "expired")
     return [d.connection for d in departures]
 
 
@@ -230,26 +237,40 @@ def sweep() -> list[Connection]:
     return async_to_sync(_flushed(asweep))()
 
 
-async def agroup_send(group: str, message: dict[str, Any]) -> int:
+async def agroup_send(group: str, message: dict[str, Any], *, max_age: float | None = None) -> int:
     """``channel_layer.group_send`` that skips empty groups.
 
     Returns how many live connections it was addressed to; 0 means the group
     was empty and the channel layer was not called. Only tracked connections
     count: with ``ANONYMOUS="ignore"``, anonymous listeners alone do not make
-    a group non-empty.
+    a group non-empty. ``max_age`` is :func:`agroup_size`'s: above 0, a first
+    listener on another server gets messages at most ``max_age`` after it
+    joined, and a group that emptied costs layer calls for ``max_age`` at most.
     """
-    validate_group_name(group)
-    if not isinstance(message, dict) or not isinstance(message.get("type"), str):
-        raise ValueError(f"message must be a dict with a 'type' string, got {message!r}.")
-    size = await get_store().agroup_size(group)
-    if size:
-        layer = get_channel_layer()
-        if layer is None:
-            raise ValueError("agroup_send needs a channel layer: CHANNEL_LAYERS is not set.")
-        await layer.group_send(group, message)
-    return size
+    return await listeners.agroup_send(group, message, max_age=max_age)
 
 
-def group_send(group: str, message: dict[str, Any]) -> int:
-    """Sync twin of :func:`agroup_send`."""
-    return async_to_sync(agroup_send)(group, message)
+def group_send(group: str, message: dict[str, Any], *, max_age: float | None = None) -> int:
+    """Sync twin of :func:`agroup_send`; a skipped send needs no event loop."""
+    return listeners.group_send(group, message, max_age=max_age)
+
+
+async def await_for_listeners(
+    group: str, timeout: float | None = None, *, max_age: float | None = None
+) -> bool:
+    """Wait until ``group`` has a live connection; ``False`` if ``timeout`` passed first.
+
+    For a hot loop that should do no work while nobody listens. A join in this
+    process wakes it at once; one on another server within ``max_age``
+    seconds (default ``LISTENERS_MAX_AGE``, or 1 s when that is 0): the store
+    is read at most once per ``max_age`` however many tasks wait, and no task
+    or timer is left behind. ``timeout=None`` waits as long as it takes.
+    """
+    return await listeners.await_for_listeners(group, timeout, max_age=max_age)
+
+
+def wait_for_listeners(
+    group: str, timeout: float | None = None, *, max_age: float | None = None
+) -> bool:
+    """Sync twin of :func:`await_for_listeners`; it blocks the calling thread."""
+    return listeners.wait_for_listeners(group, timeout, max_age=max_age)

@@ -11,17 +11,15 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from django.conf import settings as django_settings
 from django.core.exceptions import ImproperlyConfigured
 from django.core.signals import setting_changed
 from django.dispatch import receiver
 
-from .names import is_close_code
-
-if TYPE_CHECKING:
-    from .stores.base import SessionPolicy
+from .exceptions import InvalidGroupName
+from .names import is_close_code, validate_group_names
 
 SETTING_NAME = "CHANNELS_PRESENCE"
 
@@ -30,6 +28,8 @@ _ON_LIMIT = ("close_oldest", "reject_new")
 _ANONYMOUS = ("ignore", "track")
 _ON_STORE_ERROR = ("allow", "reject")
 _KEY_PREFIX_RE = re.compile(r"[A-Za-z0-9_.:{}\-]{1,64}")
+#: Groups the metrics may read each interval: the reads stay bounded.
+MAX_METRICS_GROUPS = 100
 
 
 @dataclass(frozen=True)
@@ -52,6 +52,11 @@ class PresenceSettings:
     DIFF_INTERVAL: float = 1.0
     DISCONNECT_ON_LOGOUT: bool | str = True
     METADATA_MAX_BYTES: int = 1024
+    MAX_CONNECTIONS_PER_USER: int | None = 1000
+    MAX_GROUPS_PER_CONNECTION: int = 128
+    LISTENERS_MAX_AGE: float = 0.0
+    METRICS_GROUPS: tuple[str, ...] = ()
+    METRICS_INTERVAL: float = 15.0
 
 
 _KNOWN_KEYS = tuple(PresenceSettings.__dataclass_fields__)
@@ -161,7 +166,43 @@ def build_settings(raw: Any) -> PresenceSettings:
     if isinstance(meta_max, bool) or not isinstance(meta_max, int) or not (0 <= meta_max <= 65536):
         raise _bad("METADATA_MAX_BYTES", meta_max, "an integer from 0 to 65536")
     values["METADATA_MAX_BYTES"] = meta_max
+    per_user = raw.get("MAX_CONNECTIONS_PER_USER", defaults.MAX_CONNECTIONS_PER_USER)
+    if per_user is not None and (
+        isinstance(per_user, bool) or not isinstance(per_user, int) or not 1 <= per_user <= 100_000
+    ):
+        raise _bad(
+            "MAX_CONNECTIONS_PER_USER",
+            per_user,
+            "an integer from 1 to 100000, or None for no limit",
+        )
+    values["MAX_CONNECTIONS_PER_USER"] = per_user
+    per_conn = raw.get("MAX_GROUPS_PER_CONNECTION", defaults.MAX_GROUPS_PER_CONNECTION)
+    # Past 500, one connection's joins and disconnect would hold Redis
+    # for milliseconds: the cap keeps every store call short.
+    if isinstance(per_conn, bool) or not isinstance(per_conn, int) or not 1 <= per_conn <= 500:
+        raise _bad("MAX_GROUPS_PER_CONNECTION", per_conn, "an integer from 1 to 500")
+    values["MAX_GROUPS_PER_CONNECTION"] = per_conn
+    values["LISTENERS_MAX_AGE"] = _number(
+        "LISTENERS_MAX_AGE", raw.get("LISTENERS_MAX_AGE", defaults.LISTENERS_MAX_AGE), minimum=0
+    )
+    values["METRICS_GROUPS"] = _metrics_groups(raw.get("METRICS_GROUPS", defaults.METRICS_GROUPS))
+    values["METRICS_INTERVAL"] = _number(
+        "METRICS_INTERVAL", raw.get("METRICS_INTERVAL", defaults.METRICS_INTERVAL), minimum=1
+    )
     return PresenceSettings(**values)
+
+
+def _metrics_groups(value: Any) -> tuple[str, ...]:
+    expected = f"a list of at most {MAX_METRICS_GROUPS} group names"
+    if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)):
+        raise _bad("METRICS_GROUPS", value, expected)
+    try:
+        groups = validate_group_names(value)
+    except InvalidGroupName as exc:
+        raise _bad("METRICS_GROUPS", value, f"{expected} ({exc})") from None
+    if len(groups) > MAX_METRICS_GROUPS:
+        raise _bad("METRICS_GROUPS", value, expected)
+    return groups
 
 
 _cached: PresenceSettings | None = None
@@ -173,18 +214,6 @@ def get_settings() -> PresenceSettings:
     if _cached is None:
         _cached = build_settings(getattr(django_settings, SETTING_NAME, None))
     return _cached
-
-
-def session_policy() -> SessionPolicy:
-    """The session policy of the current settings, as the stores take it."""
-    from .stores.base import SessionPolicy
-
-    conf = get_settings()
-    return SessionPolicy(
-        max_sessions=conf.MAX_SESSIONS,
-        scope=conf.SESSION_SCOPE,  # type: ignore[arg-type]
-        on_limit=conf.ON_LIMIT,  # type: ignore[arg-type]
-    )
 
 
 @receiver(setting_changed)

@@ -26,26 +26,78 @@ Works with ``AsyncWebsocketConsumer``, ``AsyncJsonWebsocketConsumer``,
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import inspect
+import random
 from collections.abc import Awaitable, Iterable
 from typing import Any, ClassVar
 
 from asgiref.sync import async_to_sync
 from channels.consumer import AsyncConsumer
+from channels.db import database_sync_to_async
 from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncWebsocketConsumer, WebsocketConsumer
 from django.core.exceptions import ImproperlyConfigured
 
 from . import events
+from .closing import CLOSE_MESSAGE_TYPE
 from .conf import get_settings
 from .events import DIFF_MESSAGE_TYPE
-from .logs import logger
+from .logs import FailureBurst, logger
 from .names import validate_group_names
-from .tracker import CLOSE_MESSAGE_TYPE, PresenceTracker, State
+from .tracker import PresenceTracker, State
 
 _MIXIN_HANDLERS = {CLOSE_MESSAGE_TYPE: "presence_close", DIFF_MESSAGE_TYPE: "_presence_diff"}
 # Close codes a presence.close message may carry.
 _ALLOWED_CLOSE = {1000, 1001, 1011, 1012, 1013}
+
+
+#: Seconds between tries to read from a failing channel layer: from the first
+#: to the last, doubling, each with jitter so consumers do not retry in step.
+OUTAGE_RETRY_FIRST = 0.1
+OUTAGE_RETRY_LAST = 5.0
+layer_failures = FailureBurst("The channel layer")
+
+
+def is_outage(exc: BaseException) -> bool:
+    """Whether ``exc`` means the layer's server is unreachable (worth a retry)."""
+    if isinstance(exc, (OSError, asyncio.TimeoutError)):
+        return True
+    # The layer's client library (redis-py for channels_redis) has its own
+    # ConnectionError and TimeoutError, which need not derive from OSError.
+    names = {cls.__name__ for cls in type(exc).__mro__}
+    return bool(names & {"ConnectionError", "TimeoutError"})
+
+
+async def _receive_through_outages(receive: Any, consumer: PresenceConsumerMixin) -> Any:
+    """``receive()`` from the channel layer, waiting out an outage of its server.
+
+    Without this, a restart of the layer's Redis ends every consumer (and so
+    closes every socket). One line is logged when an outage starts and one
+    when it ends. From the first failure on, the heartbeat puts every local
+    connection back into its layer groups at each beat until that succeeds
+    (a restarted server forgot them; a reconnected read does not tell when
+    it is back, and waits for a message that only a group could bring).
+    """
+    delay = OUTAGE_RETRY_FIRST
+    failed = False
+    while True:
+        try:
+            message = await receive()
+        except Exception as exc:
+            if not is_outage(exc):
+                raise
+            layer_failures.failed(exc)
+            if not failed:
+                consumer.presence.layer_failed()
+            failed = True
+            await asyncio.sleep(delay * random.uniform(0.5, 1.0))
+            delay = min(delay * 2, OUTAGE_RETRY_LAST)
+            continue
+        if failed:
+            layer_failures.succeeded()
+        return message
 
 
 class PresenceConsumerMixin:
@@ -168,6 +220,16 @@ class PresenceConsumerMixin:
 
     # Channels plumbing --------------------------------------------------------
 
+    # channels sets ``channel_receive`` in AsyncConsumer.__call__; the mixin
+    # wraps it so a channel-layer outage does not end the consumer.
+    @property
+    def channel_receive(self) -> Any:
+        return self._presence_channel_receive
+
+    @channel_receive.setter
+    def channel_receive(self, receive: Any) -> None:
+        self._presence_channel_receive = functools.partial(_receive_through_outages, receive, self)
+
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         # A sync consumer's base_send is a sync wrapper; closing from the loop
         # needs the raw ASGI send.
@@ -208,6 +270,7 @@ class PresenceConsumerMixin:
             )
         groups = await self._presence_hook(self.get_presence_groups)
         meta = await self._presence_hook(self.get_presence_meta)
+        tracker.closer = self._presence_force_close
         admission = await tracker.aconnect(self.channel_layer, self.channel_name, groups, meta)
         if admission.accepted:
             return True
@@ -224,13 +287,16 @@ class PresenceConsumerMixin:
         if inspect.iscoroutinefunction(hook):
             return await hook(*args)
         if self._sync:
-            from channels.db import database_sync_to_async
-
             return await database_sync_to_async(hook)(*args)
         result = hook(*args)
         if inspect.isawaitable(result):
             result = await result
         return result
+
+    async def _presence_force_close(self, code: int) -> None:
+        """Close the socket now, without the layer (the heartbeat's last resort)."""
+        await self.presence.adisconnect()
+        await self._presence_send({"type": "websocket.close", "code": code})
 
     async def presence_close(self, message: dict[str, Any]) -> None:
         """Handle ``presence.close``: last word to the client, then close the socket.

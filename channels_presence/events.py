@@ -23,22 +23,20 @@ import asyncio
 import heapq
 import inspect
 import math
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from asgiref.sync import sync_to_async
 from django.dispatch import Signal
 
-from . import signals
+from . import listeners, signals
+from .closing import close_code, close_departed
 from .conf import get_settings
 from .exceptions import StoreUnavailable
 from .logs import logger, store_failures
 from .loops import PerLoop
 from .names import sorted_pks
 from .stores import get_store
-from .stores.base import Absence, ConnectResult, Departure
-
-if TYPE_CHECKING:
-    from .tracker import PresenceTracker
+from .stores.base import Absence, Connection, ConnectResult, Departure
 
 #: The channel-layer message type of a presence diff.
 DIFF_MESSAGE_TYPE = "presence.diff"
@@ -85,26 +83,26 @@ async def _send_robust_42(signal: Signal, **kwargs: Any) -> list[tuple[Any, Any]
 # What the tracker, the API and the heartbeat report --------------------------------
 
 
-async def connected(tracker: PresenceTracker, result: ConnectResult) -> None:
+async def connected(connection: Connection, result: ConnectResult) -> None:
     """A connection was recorded."""
-    await send(signals.connection_opened, connection=tracker.snapshot())
-    if tracker.user is None:
+    await send(signals.connection_opened, connection=connection)
+    if connection.user is None:
         return
     if result.came_online:
-        await send(signals.user_online, user=tracker.user)
-    await _joined(tracker.user, result.user_joined)
+        await send(signals.user_online, user=connection.user)
+    await _joined(connection.user, result.user_joined)
 
 
-async def joined(tracker: PresenceTracker, user_joined: tuple[str, ...]) -> None:
+async def joined(user: str | None, user_joined: tuple[str, ...]) -> None:
     """A recorded connection joined groups; ``user_joined`` are new for its user."""
-    if tracker.user is not None:
-        await _joined(tracker.user, user_joined)
+    if user is not None:
+        await _joined(user, user_joined)
 
 
-async def left(tracker: PresenceTracker, user_left: tuple[str, ...]) -> None:
+async def left(user: str | None, user_left: tuple[str, ...]) -> None:
     """A recorded connection left groups; ``user_left`` were its user's last there."""
-    if tracker.user is not None:
-        await _departing(tracker.user, user_left, offline=False)
+    if user is not None:
+        await _departing(user, user_left, offline=False)
 
 
 async def departed(departure: Departure, *, reason: str) -> None:
@@ -113,6 +111,15 @@ async def departed(departure: Departure, *, reason: str) -> None:
     await send(signals.connection_closed, connection=conn, reason=reason)
     if conn.user is not None:
         await _departing(conn.user, departure.user_left, offline=departure.went_offline)
+
+
+async def depart(
+    layer: Any, departures: tuple[Departure, ...], reason: str, code: int | None = None
+) -> None:
+    """Close connections removed from the store, then announce their departures."""
+    await close_departed(layer, departures, close_code(reason) if code is None else code, reason)
+    for departure in departures:
+        await departed(departure, reason=reason)
 
 
 async def settled(absences: tuple[Absence, ...]) -> None:
@@ -227,8 +234,6 @@ class Diffs:
         task.add_done_callback(self.tasks.discard)
 
     async def flush(self, pending: dict[str, dict[str, bool]]) -> None:
-        from .api import agroup_send
-
         for group, changes in pending.items():
             if not changes:
                 continue
@@ -239,7 +244,7 @@ class Diffs:
                 "leaves": sorted_pks(u for u, j in changes.items() if not j),
             }
             try:
-                await agroup_send(group, message)
+                await listeners.agroup_send(group, message)
             except Exception as exc:  # a lost diff must not break the loop
                 logger.warning("Could not send the presence diff of %r: %s", group, exc)
 

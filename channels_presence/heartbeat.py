@@ -1,134 +1,332 @@
-"""One heartbeat per process: keeps every local connection alive in one call.
+"""One heartbeat per event loop: keeps the loop's connections alive in one small call.
 
-Each event loop that serves presence connections gets one :class:`Heartbeat`.
-Every ``HEARTBEAT`` seconds it sends the store the snapshot of all of its
-live connections in a single call (one Redis round trip however many there
-are). The store answers with local connections that must close (evicted from
-elsewhere while their close message was in flight) and with expired entries
-of any process, which this process then takes out of their channel-layer
-groups so ``group_send`` stops queueing messages for dead sockets.
+Each event loop that serves presence connections is a *node*: it has a
+:class:`Heartbeat` with a random node id, and every connection it holds gets
+an id ``"<node>.<seq>"``. Every ``HEARTBEAT`` seconds the heartbeat moves the
+node's deadline in the store: one write, however many connections the node
+holds, and no Python work per connection either. The same call hands back:
 
-The task runs only while the loop has connections, so nothing lingers after
-the last socket closes (or after a test's event loop ends).
+* local connections that someone else removed (a newer login, ``disconnect_user``,
+  a logout) whose close message may have been lost: they are closed here;
+* connections of dead nodes, removed in a bounded batch: they are taken out of
+  their channel-layer groups and announced (another beat follows at once while
+  any are left);
+* departures whose leave grace ran out: they are announced;
+* that the store lost the node (flushed, restarted empty): every local
+  connection is written back, in batches;
+* that the node was counted out (this loop stalled past ``TTL``): every local
+  connection is closed with 1001 and the loop starts again as a new node.
+
+When another node's deadline is due before the next beat, the heartbeat wakes
+then, so a dead node's connections stop counting soon after its ``TTL``.
+
+The task outlives the loop's last connection by ``TTL + LEAVE_GRACE`` (so a
+crashed peer's connections are still removed and announced), then retires
+the node.
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING
+import contextlib
+import itertools
+import secrets
+import string
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from channels.layers import get_channel_layer
 
-from .conf import get_settings, session_policy
+from . import events
+from .closing import EXPIRED_CLOSE_CODE, close_code, send_close
+from .conf import get_settings
 from .exceptions import StoreUnavailable
 from .logs import logger, store_failures
 from .loops import PerLoop
-from .stores import get_store
+from .stores import get_store, session_policy
+from .stores.base import Connection, RefreshResult
 
 if TYPE_CHECKING:
-    from .stores.base import RefreshResult
     from .tracker import PresenceTracker
+
+_NODE_ALPHABET = string.ascii_letters + string.digits
+_SEQ_DIGITS = string.digits + string.ascii_lowercase
+#: Trackers snapshotted per write-back call; the loop runs other work between them.
+RESTORE_CHUNK = 1000
+#: A heartbeat that left work over (dead nodes to remove) beats again after this.
+AGAIN = 0.01
+#: Wake this long after another node's deadline, so the store sees it passed.
+LATE = 0.05
+#: A socket asked to close through the layer that is still open this much
+#: later (its consumer is stuck, or the message was lost) is closed directly.
+FORCE_CLOSE_AFTER = 2.0
+#: Local connections taken back into their layer groups per step, after a
+#: channel-layer outage (the loop runs other work between steps).
+REGROUP_CHUNK = 500
+#: Called with the seconds each beat took (``metrics.py`` adds one when enabled).
+beat_observers: list[Callable[[float], None]] = []
+
+
+def new_node_id() -> str:
+    """A random node id: 8 letters or digits (47 bits)."""
+    return "".join(secrets.choice(_NODE_ALPHABET) for _ in range(8))
+
+
+def _base36(n: int) -> str:
+    digits = ""
+    while True:
+        n, d = divmod(n, 36)
+        digits = _SEQ_DIGITS[d] + digits
+        if not n:
+            return digits
 
 
 class Heartbeat:
-    """The refresh loop of one event loop's presence connections."""
+    """The node of one event loop: its connections and its refresh loop."""
 
     def __init__(self) -> None:
+        self.node = new_node_id()
+        self._seq = itertools.count(1)
+        #: Local connections by connection id.
         self.trackers: dict[str, PresenceTracker] = {}
+        #: Those admitted while the store was down: recorded once it is back.
+        self.unrecorded: dict[str, PresenceTracker] = {}
+        #: Connections refused while the store failed, whose write may still
+        #: land there: removed once the store answers.
+        self.orphans: dict[str, Connection] = {}
+        #: The channel layer came back from an outage: its groups need us again.
+        self.regroup = False
         self._task: asyncio.Task[None] | None = None
+        self._closing: set[asyncio.Task[None]] = set()
 
     def __len__(self) -> int:
         return len(self.trackers)
 
+    def new_conn_id(self) -> str:
+        """A connection id no other connection has: ``"<node>.<seq>"``."""
+        return f"{self.node}.{_base36(next(self._seq))}"
+
     def add(self, tracker: PresenceTracker) -> None:
-        """Start refreshing ``tracker``; starts the loop's task if needed."""
-        assert tracker.channel_name is not None
-        self.trackers[tracker.channel_name] = tracker
+        """Keep ``tracker`` alive from now on; starts the loop's task if needed."""
+        self.trackers[tracker.conn_id] = tracker
+        if not tracker.recorded:
+            self.unrecorded[tracker.conn_id] = tracker
+        self._start()
+
+    def forget(self, connection: Connection) -> None:
+        """Remove ``connection`` from the store as soon as it answers again.
+
+        For a connect that was refused because the store did not answer in
+        time: its write may still be queued in a paused Redis.
+        """
+        self.orphans[connection.conn_id] = connection
+        self._start()
+
+    def _start(self) -> None:
         if self._task is None or self._task.done():
             self._task = asyncio.get_running_loop().create_task(
                 self._run(), name="channels-presence-heartbeat"
             )
 
+    def recorded(self, tracker: PresenceTracker) -> None:
+        """``tracker`` is in the store now."""
+        self.unrecorded.pop(tracker.conn_id, None)
+
     def discard(self, tracker: PresenceTracker) -> None:
-        """Stop refreshing ``tracker``."""
-        if tracker.channel_name is not None:
-            self.trackers.pop(tracker.channel_name, None)
+        """Stop keeping ``tracker`` alive."""
+        self.trackers.pop(tracker.conn_id, None)
+        self.unrecorded.pop(tracker.conn_id, None)
 
     async def _run(self) -> None:
-        # The task outlives the last local connection by TTL + LEAVE_GRACE, so
-        # entries that a crashed peer (or a failed disconnect) left behind are
-        # still swept and announced when this process is the last one up.
         loop = asyncio.get_running_loop()
         idle_since: float | None = None
+        delay = get_settings().HEARTBEAT
         while True:
             conf = get_settings()
-            await asyncio.sleep(conf.HEARTBEAT)
-            if self.trackers:
+            await asyncio.sleep(delay)
+            if self.trackers or self.orphans:
                 idle_since = None
             elif idle_since is None:
                 idle_since = loop.time()
             elif loop.time() - idle_since > conf.TTL + conf.LEAVE_GRACE + conf.HEARTBEAT:
                 self._task = None
+                await self._retire()
                 return
+            delay = conf.HEARTBEAT
             try:
-                await self.beat()
+                result = await self.beat()
             except asyncio.CancelledError:
                 raise
             except Exception:  # the loop must survive anything a beat meets
                 logger.exception("Presence heartbeat failed")
+                continue
+            if result is not None:
+                if result.more:
+                    delay = AGAIN
+                elif result.next_check is not None:
+                    delay = min(delay, result.next_check + LATE)
+
+    async def _retire(self) -> None:
+        # Should it fail, the node's deadline passes and another node removes it.
+        with contextlib.suppress(StoreUnavailable):
+            await get_store().aretire(self.node)
 
     async def beat(self) -> RefreshResult | None:
-        """Refresh every local connection now; returns what the store said."""
-        from . import events
-        from .tracker import depart
-
-        everyone = [t for t in self.trackers.values() if t.channel_name is not None]
-        trackers = [t for t in everyone if t.recorded]
-        # Admitted while the store was down: they must pass the session policy.
-        unrecorded = [t for t in everyone if not t.recorded]
+        """Refresh this node now; returns what the store said."""
+        started = time.perf_counter()
         try:
-            result = await get_store().arefresh(
-                tuple(t.snapshot() for t in trackers), session_policy()
-            )
+            return await self._beat()
+        finally:
+            for observe in beat_observers:
+                observe(time.perf_counter() - started)
+
+    async def _beat(self) -> RefreshResult | None:
+        try:
+            result = await get_store().arefresh(self.node)
         except StoreUnavailable as exc:
             store_failures.failed(exc)
             return None
         store_failures.succeeded()
-        for tracker in trackers:
-            tracker.restored()
-        if result.restored:
-            logger.info("Presence heartbeat wrote back %d missing connection(s).", result.restored)
-        # What the store swept and claimed exists nowhere else now: report it first.
+        if result.counted_out:
+            await self.counted_out()
+            return result
+        if result.lost:
+            await self._restore()
+        if self.orphans:
+            await self._remove_orphans()
+        if self.regroup:
+            await self._regroup()
+        # What the store removed and claimed exists nowhere else now: report it first.
         if result.expired:
-            # A lingering heartbeat has no local connection to borrow a layer from.
-            layer = next((t.channel_layer for t in everyone if t.channel_layer), None)
-            layer = layer or get_channel_layer()
             # Their processes are gone (nobody else will discard them), or so
             # stalled that they are counted out and must reconnect.
-            await depart(layer, result.expired, "expired")
+            await events.depart(self._layer(), result.expired, "expired")
         if result.settled:
             await events.settled(result.settled)
-        for channel in result.closed:
-            closing = self.trackers.get(channel)
+        for conn_id in result.closed:
+            closing = self.trackers.get(conn_id)
             if closing is not None:
-                await self._close_removed(closing, result.close_reasons.get(channel, ""))
-        # After the refresh, so the connections they may supersede are back in.
-        for tracker in unrecorded:
+                reason = result.close_reasons.get(conn_id) or "superseded"
+                await self._close(closing, reason, result.close_codes.get(conn_id))
+        for tracker in list(self.unrecorded.values()):
             await tracker.arecover()
         return result
 
-    async def _close_removed(self, tracker: PresenceTracker, why: str) -> None:
-        """Close a local connection the store removed while its close message was lost."""
-        from .tracker import close_code, send_close
+    def _layer(self) -> Any:
+        # A lingering heartbeat has no local connection to borrow a layer from.
+        layer = next((t.channel_layer for t in self.trackers.values() if t.channel_layer), None)
+        return layer or get_channel_layer()
 
-        # Removed elsewhere: never refreshed nor recorded again from here.
+    async def _close(self, tracker: PresenceTracker, reason: str, code: int | None) -> None:
+        """Close a local connection the store no longer holds.
+
+        Through the channel layer first, so the consumer says its last word in
+        ``presence_closing``; should the socket still be open
+        ``FORCE_CLOSE_AFTER`` seconds later (a full inbox, a stuck handler, a
+        layer outage), this process closes it directly: it owns the socket.
+        """
         tracker.recorded = False
         self.discard(tracker)
-        reason = why or "superseded"
-        if reason == "disconnected" or tracker.channel_layer is None:
-            return  # it is on its way out already
-        assert tracker.channel_name is not None
-        await send_close(tracker.channel_layer, tracker.channel_name, close_code(reason), reason)
+        code = close_code(reason) if code is None else code
+        if tracker.channel_layer is not None and tracker.channel_name is not None:
+            await send_close(tracker.channel_layer, tracker.channel_name, code, reason)
+        task = asyncio.get_running_loop().create_task(self._force_close(tracker, code))
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+
+    async def _force_close(self, tracker: PresenceTracker, code: int) -> None:
+        await asyncio.sleep(FORCE_CLOSE_AFTER)
+        if tracker.is_open():
+            logger.warning(
+                "Closing %s directly: it did not close within %.0f s of being asked.",
+                tracker.channel_name,
+                FORCE_CLOSE_AFTER,
+            )
+            await tracker.force_close(code)
+
+    async def _remove_orphans(self) -> None:
+        store = get_store()
+        for conn_id, connection in list(self.orphans.items()):
+            try:
+                await store.adisconnect(connection)
+            except StoreUnavailable as exc:
+                store_failures.failed(exc)
+                return
+            del self.orphans[conn_id]
+
+    async def _regroup(self) -> None:
+        """Put every local connection back into its channel-layer groups.
+
+        A channel layer on a Redis that restarted lost its groups: without
+        this, sockets that survived the outage would never hear a group
+        message again.
+        """
+        self.regroup = False
+        trackers = list(self.trackers.values())
+        for start in range(0, len(trackers), REGROUP_CHUNK):
+            for tracker in trackers[start : start + REGROUP_CHUNK]:
+                try:
+                    await tracker.rejoin_layer_groups()
+                except Exception as exc:  # the layer is failing again: next time
+                    logger.warning("Could not put connections back into their groups: %r", exc)
+                    self.regroup = True
+                    return
+            await asyncio.sleep(0)
+
+    async def counted_out(self) -> None:
+        """This node missed its heartbeats and the store removed its connections.
+
+        Every local connection is closed with 1001 ("going away": reconnect),
+        and the loop carries on as a new node.
+        """
+        stale = list(self.trackers.values())
+        self.node = new_node_id()
+        self._seq = itertools.count(1)
+        if stale:
+            logger.warning(
+                "This process missed its presence heartbeats for longer than TTL and was "
+                "counted out; closing its %d connection(s) so they reconnect.",
+                len(stale),
+            )
+        for tracker in stale:
+            await self._close(tracker, "expired", EXPIRED_CLOSE_CODE)
+
+    async def _restore(self) -> None:
+        """Write every local connection back after the store lost this node.
+
+        What the store still holds of the node goes first: after a restore
+        from an older snapshot it may list sockets closed since.
+        """
+        store = get_store()
+        try:
+            await store.areset(self.node)
+        except StoreUnavailable as exc:
+            store_failures.failed(exc)
+            return
+        recorded = [t for t in self.trackers.values() if t.recorded]
+        restored = 0
+        for start in range(0, len(recorded), RESTORE_CHUNK):
+            chunk = recorded[start : start + RESTORE_CHUNK]
+            try:
+                result = await store.arestore(tuple(t.snapshot() for t in chunk), session_policy())
+            except StoreUnavailable as exc:
+                store_failures.failed(exc)
+                return
+            restored += result.restored
+            for conn_id in result.refused:
+                refused = self.trackers.get(conn_id)
+                if refused is not None:
+                    await self._close(refused, "superseded", None)
+            # Closed while the batch was in flight: its removal ran first.
+            for tracker in chunk:
+                if tracker.conn_id not in self.trackers:
+                    try:
+                        await store.adisconnect(tracker.snapshot())
+                    except StoreUnavailable as exc:
+                        store_failures.failed(exc)
+        if restored:
+            logger.info("Presence heartbeat wrote back %d missing connection(s).", restored)
 
 
 _heartbeats: PerLoop[Heartbeat] = PerLoop(lambda loop: Heartbeat())
@@ -137,3 +335,8 @@ _heartbeats: PerLoop[Heartbeat] = PerLoop(lambda loop: Heartbeat())
 def get_heartbeat() -> Heartbeat:
     """The running event loop's heartbeat."""
     return _heartbeats.get()
+
+
+def local_connections() -> int:
+    """Connections this process keeps alive, over all its event loops."""
+    return sum(len(heartbeat) for heartbeat in _heartbeats.snapshot())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 
 logger = logging.getLogger("channels_presence")
 
@@ -13,13 +14,20 @@ class FailureBurst:
 
     def __init__(self, what: str) -> None:
         self.what = what
+        #: Failures in the burst under way (0 when none is).
         self.failures = 0
+        #: ``time.monotonic()`` of the latest failure.
+        self.last_failure = 0.0
+        #: Failures since the process started (the metrics export it).
+        self.total = 0
         self._lock = threading.Lock()
 
     def failed(self, exc: BaseException) -> None:
         """Record a failure; only the first of a burst is logged."""
         with self._lock:
             self.failures += 1
+            self.last_failure = time.monotonic()
+            self.total += 1
             first = self.failures == 1
         if first:
             logger.error(
@@ -28,6 +36,10 @@ class FailureBurst:
                 self.what,
                 exc,
             )
+
+    def failing(self, within: float) -> bool:
+        """Whether a burst is under way whose latest failure is under ``within`` s old."""
+        return bool(self.failures) and time.monotonic() - self.last_failure < within
 
     def succeeded(self) -> None:
         """Record a success; logs the recovery if a burst was under way."""

@@ -8,6 +8,7 @@ channel-layer group. Users are keyed by ``str(pk)``.
 from __future__ import annotations
 
 import re
+import uuid
 from collections.abc import Callable, Iterable
 from typing import Any, TypeGuard
 
@@ -69,8 +70,6 @@ def user_key(user: Any) -> str:
         if getattr(user, "is_anonymous", False) or user.pk is None:
             raise InvalidUser(f"User {user!r} is anonymous or unsaved; it has no primary key.")
         user = user.pk
-    import uuid
-
     if isinstance(user, int):
         return str(user)
     if isinstance(user, uuid.UUID):

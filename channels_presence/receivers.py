@@ -6,9 +6,12 @@ from typing import Any
 
 from asgiref.sync import async_to_sync
 
+from .api import _disconnect, _flushed
 from .conf import get_settings
 from .exceptions import PresenceError
 from .logs import logger
+from .names import user_key
+from .stores import get_store
 
 
 def disconnect_on_logout(sender: Any, request: Any = None, user: Any = None, **kwargs: Any) -> None:
@@ -25,12 +28,16 @@ def disconnect_on_logout(sender: Any, request: Any = None, user: Any = None, **k
     conf = get_settings()
     if user is None or not conf.DISCONNECT_ON_LOGOUT or getattr(user, "pk", None) is None:
         return
-    session = None
-    if conf.DISCONNECT_ON_LOGOUT == "session":
-        session = getattr(getattr(request, "session", None), "session_key", None)
-    from .api import _disconnect, _flushed
-
+    logged_out = getattr(getattr(request, "session", None), "session_key", None)
+    session = logged_out if conf.DISCONNECT_ON_LOGOUT == "session" else None
     try:
+        # Fenced first: a connect in flight (a slow hook, a reconnecting client
+        # with the old cookie) that reaches the store after this is refused.
+        store = get_store()
+        if logged_out is not None:
+            store.fence(user_key(user), logged_out)
+        if session is None:
+            store.fence(user_key(user))
         closed = async_to_sync(_flushed(_disconnect))(user, conf.LOGOUT_CODE, session, "logged_out")
     except (PresenceError, OSError) as exc:
         logger.error("Could not close the sockets of user %s on logout: %s", user.pk, exc)

@@ -14,23 +14,19 @@ import contextlib
 import enum
 import json
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from . import events
-from .conf import get_settings, session_policy
-from .exceptions import InvalidMetadata, NotConnected, StoreUnavailable
+from . import events, listeners
+from .closing import close_code, close_departed, send_close
+from .conf import get_settings
+from .exceptions import InvalidMetadata, NotConnected, StoreUnavailable, TooManyGroups
 from .heartbeat import get_heartbeat
 from .logs import logger, store_failures
 from .names import validate_group_names
-from .stores import get_store
-from .stores.base import Connection, ConnectResult, Departure
-
-if TYPE_CHECKING:
-    from .stores.base import PresenceStore
-
-#: The channel-layer message type that closes a connection.
-CLOSE_MESSAGE_TYPE = "presence.close"
+from .stores import get_store, session_policy
+from .stores.base import Connection, ConnectResult, Departure, PresenceStore
 
 
 class State(enum.Enum):
@@ -45,11 +41,6 @@ class Admission:
 
     accepted: bool
     close_code: int | None = None
-
-
-def close_message(code: int, reason: str) -> dict[str, Any]:
-    """The channel-layer message that asks a presence consumer to close."""
-    return {"type": CLOSE_MESSAGE_TYPE, "code": code, "reason": reason}
 
 
 def check_metadata(meta: Any) -> dict[str, Any] | None:
@@ -74,62 +65,14 @@ def check_metadata(meta: Any) -> dict[str, Any] | None:
     return decoded
 
 
-#: Sent to a connection counted out after missing its heartbeats ("going away"):
-#: its client should reconnect, not believe it signed in elsewhere.
-EXPIRED_CLOSE_CODE = 1001
-
-
-def close_code(reason: str) -> int:
-    """The close code presence sends a connection it closes for ``reason``."""
-    conf = get_settings()
-    codes = {
-        "expired": EXPIRED_CLOSE_CODE,
-        "logged_out": conf.LOGOUT_CODE,
-        "rejected": conf.REJECT_CODE,
-    }
-    return codes.get(reason, conf.CLOSE_CODE)
-
-
-async def send_close(layer: Any, channel: str, code: int, reason: str) -> None:
-    """Ask one connection to close; a layer failure is logged, never raised.
-
-    A full inbox (ChannelFull) is likely exactly when the target is stuck,
-    and must not stop the caller's connect, disconnect or heartbeat.
-    """
-    try:
-        await layer.send(channel, close_message(code, reason))
-    except Exception as exc:
-        logger.warning("Could not close %s through the channel layer: %r", channel, exc)
-
-
-async def close_departed(
-    layer: Any, departures: tuple[Departure, ...], code: int, reason: str
-) -> None:
-    """Ask departed connections to close and take them out of their layer groups.
-
-    Their own process may be dead; the group discards make sure a later
-    ``group_send`` does not queue messages for them either way.
-    """
-    if layer is None:
-        return
-    for departure in departures:
-        conn = departure.connection
-        # Each step on its own: a failed send must not keep it in its groups.
-        await send_close(layer, conn.channel_name, code, reason)
-        for group in conn.groups:
-            try:
-                await layer.group_discard(group, conn.channel_name)
-            except Exception as exc:
-                logger.warning("Could not discard %s from %r: %r", conn.channel_name, group, exc)
-
-
-async def depart(
-    layer: Any, departures: tuple[Departure, ...], reason: str, code: int | None = None
-) -> None:
-    """Close connections removed from the store, then announce their departures."""
-    await close_departed(layer, departures, close_code(reason) if code is None else code, reason)
-    for departure in departures:
-        await events.departed(departure, reason=reason)
+def check_group_count(count: int) -> None:
+    """Raise TooManyGroups if a connection would be in more than the allowed groups."""
+    limit = get_settings().MAX_GROUPS_PER_CONNECTION
+    if count > limit:
+        raise TooManyGroups(
+            f"A connection would be in {count} presence groups; "
+            f"MAX_GROUPS_PER_CONNECTION allows {limit}."
+        )
 
 
 class PresenceTracker:
@@ -146,6 +89,14 @@ class PresenceTracker:
         self.groups: tuple[str, ...] = ()
         self.meta: dict[str, Any] | None = None
         self.connected_at = 0.0
+        #: The store's id of this connection, given by the loop's heartbeat.
+        self.conn_id = ""
+        #: When the socket's request reached presence: a logout after it
+        #: refuses the connect should it land later (a slow hook).
+        self.opened_at = time.time()
+        #: Closes the socket directly (set by the consumer): the heartbeat's
+        #: last resort when a close through the layer does not land.
+        self.closer: Callable[[int], Awaitable[None]] | None = None
         self.state = State.NEW
         #: Whether the store holds this connection (it may not, after a store error).
         self.recorded = False
@@ -171,6 +122,8 @@ class PresenceTracker:
             connected_at=self.connected_at,
             groups=self.groups,
             meta=self.meta,
+            conn_id=self.conn_id,
+            opened_at=self.opened_at,
         )
 
     # Lifecycle ----------------------------------------------------------------
@@ -188,6 +141,7 @@ class PresenceTracker:
         whether the connection may proceed; a refused one has joined nothing.
         """
         checked = validate_group_names(groups)
+        check_group_count(len(checked))
         meta = check_metadata(meta)
         if self.state is not State.NEW:
             raise NotConnected(f"{self!r} was already connected once.")
@@ -196,6 +150,7 @@ class PresenceTracker:
         self.channel_name = channel_name
         self.groups = checked
         self.meta = meta
+        self.conn_id = get_heartbeat().new_conn_id()
         if self.tracked:
             admission = await self._record(conf.ON_STORE_ERROR, conf.REJECT_CODE)
             if not admission.accepted:
@@ -204,47 +159,71 @@ class PresenceTracker:
         self.state = State.CONNECTED
         for group in checked:
             await channel_layer.group_add(group, channel_name)
+        listeners.note_joined(checked if self.recorded else ())
         return Admission(True)
 
     async def _record(self, on_store_error: str, reject_code: int) -> Admission:
-        # Shielded: if this task is cancelled while the script runs, cleanup
-        # waits for the store's answer and then removes what it wrote.
-        self._connecting = asyncio.ensure_future(
-            self.store.aconnect(self.snapshot(), session_policy())
-        )
+        heartbeat = get_heartbeat()
         try:
-            result = await asyncio.shield(self._connecting)
+            result = await self._store_connect()
+            if result.refused == "counted_out":
+                # This loop stalled and was counted out before its heartbeat
+                # noticed: close the stale connections, connect as a new node.
+                await heartbeat.counted_out()
+                self.conn_id = heartbeat.new_conn_id()
+                result = await self._store_connect()
         except asyncio.CancelledError:
             self.state = State.CONNECTED
             raise
         except StoreUnavailable as exc:
             store_failures.failed(exc)
             if on_store_error == "reject":
+                # The write may still land (a paused Redis runs it later):
+                # the heartbeat removes it once the store answers.
+                heartbeat.forget(self.snapshot())
                 return Admission(False, 1011)
             # Proceed untracked; the heartbeat records it, under the session
             # policy, once the store is back.
             self.state = State.CONNECTED
-            get_heartbeat().add(self)
+            heartbeat.add(self)
             return Admission(True)
         store_failures.succeeded()
         if not result.accepted:
+            if result.refused == "logged_out":
+                return Admission(False, get_settings().LOGOUT_CODE)
+            if result.refused == "connections":
+                logger.warning(
+                    "Refused a connection of user %s: MAX_CONNECTIONS_PER_USER (%s) reached.",
+                    self.user,
+                    get_settings().MAX_CONNECTIONS_PER_USER,
+                )
             return Admission(False, reject_code)
         # Live from here on, before any other await: a cancellation now must
         # still find something to clean up.
         self.state = State.CONNECTED
-        get_heartbeat().add(self)
+        self.recorded = True
+        heartbeat.add(self)
         await self._recorded(result)
         return Admission(True)
 
+    async def _store_connect(self) -> ConnectResult:
+        # Shielded: if this task is cancelled while the call runs, cleanup
+        # waits for the store's answer and then removes what it wrote.
+        self._connecting = asyncio.ensure_future(
+            self.store.aconnect(self.snapshot(), session_policy())
+        )
+        return await asyncio.shield(self._connecting)
+
     async def _recorded(self, result: ConnectResult) -> None:
         self.recorded = True
+        get_heartbeat().recorded(self)
         self.connected_at = result.connected_at or time.time()
         # The evicted are told to close before any receiver of the new
         # connection's events runs.
         await close_departed(
             self.channel_layer, result.evicted, close_code("superseded"), "superseded"
         )
-        await events.connected(self, result)
+        await events.connected(self.snapshot(), result)
         for departure in result.evicted:
             await events.departed(departure, reason="superseded")
 
@@ -278,18 +257,20 @@ class PresenceTracker:
         new = tuple(g for g in checked if g not in self.groups)
         if not new:
             return ()
+        check_group_count(len(self.groups) + len(new))
         self.groups = self.groups + new
         assert self.channel_name is not None
         for group in new:
             await self.channel_layer.group_add(group, self.channel_name)
         if self.tracked and self.recorded:
             try:
-                joined = await self.store.ajoin(self.channel_name, new)
+                joined = await self.store.ajoin(self.snapshot(), new)
             except StoreUnavailable as exc:
                 store_failures.failed(exc)
             else:
                 store_failures.succeeded()
-                await events.joined(self, joined)
+                listeners.note_joined(new)
+                await events.joined(self.user, joined)
         return new
 
     async def aleave(self, groups: Any) -> tuple[str, ...]:
@@ -304,12 +285,13 @@ class PresenceTracker:
         assert self.channel_name is not None
         if self.tracked and self.recorded:
             try:
-                left = await self.store.aleave(self.channel_name, gone)
+                left = await self.store.aleave(self.snapshot(), gone)
             except StoreUnavailable as exc:
                 store_failures.failed(exc)
             else:
                 store_failures.succeeded()
-                await events.left(self, left)
+                listeners.note_left(gone)
+                await events.left(self.user, left)
         for group in gone:
             await self.channel_layer.group_discard(group, self.channel_name)
         return gone
@@ -323,7 +305,7 @@ class PresenceTracker:
         if self.tracked and self.recorded:
             assert self.channel_name is not None
             try:
-                await self.store.aset_meta(self.channel_name, checked)
+                await self.store.aset_meta(self.snapshot(), checked)
             except StoreUnavailable as exc:
                 store_failures.failed(exc)
             else:
@@ -345,7 +327,7 @@ class PresenceTracker:
                     await asyncio.shield(self._connecting)
             try:
                 # Shielded: a cancelled disconnect must still reach the store.
-                departure = await asyncio.shield(self.store.adisconnect(self.channel_name))
+                departure = await asyncio.shield(self.store.adisconnect(self.snapshot()))
             except StoreUnavailable as exc:
                 # The entry expires by itself within TTL.
                 store_failures.failed(exc)
@@ -359,8 +341,29 @@ class PresenceTracker:
                 except Exception as exc:  # cleanup goes on for the rest
                     logger.warning("group_discard(%r) failed on close: %s", group, exc)
         if departure is not None:
+            listeners.note_left(departure.connection.groups)
             await events.departed(departure, reason="disconnected")
         return departure
+
+    def is_open(self) -> bool:
+        """Whether the socket is still open (connected, not yet disconnected)."""
+        return self.state is State.CONNECTED
+
+    async def force_close(self, code: int) -> None:
+        """Close the socket directly, without the channel layer."""
+        if self.closer is not None and self.is_open():
+            await self.closer(code)
+
+    async def rejoin_layer_groups(self) -> None:
+        """Add this connection to its channel-layer groups again (after a layer outage)."""
+        if self.is_open() and self.channel_layer is not None and self.channel_name is not None:
+            for group in self.groups:
+                await self.channel_layer.group_add(group, self.channel_name)
+
+    def layer_failed(self) -> None:
+        """The channel layer failed: put connections back into its groups from the
+        next heartbeat on, until that succeeds (its server may have lost them)."""
+        get_heartbeat().regroup = True
 
     def _require_connected(self) -> bool:
         """True while connected; False once closed (a late client command is
@@ -371,7 +374,3 @@ class PresenceTracker:
                 "change only between connect and disconnect."
             )
         return self.state is State.CONNECTED
-
-    def restored(self) -> None:
-        """The heartbeat wrote this connection back into the store."""
-        self.recorded = True

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.util
 import os
 import sys
 from collections.abc import Iterator
@@ -71,6 +72,16 @@ def prepare() -> None:
         call_command("demo_users")
 
 
+def require_server(name: str) -> None:
+    """Exit with the command that installs ``name`` when it is not installed."""
+    if importlib.util.find_spec(name) is None:
+        sys.exit(
+            f"--server {name} needs the {name} package, which is not installed here. "
+            f'Install the demo\'s servers with: pip install -e ".[example]" '
+            f"(from the repository root), or: pip install {name}"
+        )
+
+
 def serve(args: argparse.Namespace) -> None:
     app = "demo_site.asgi:application"
     mode = (
@@ -91,6 +102,7 @@ def serve(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    require_server(args.server)
     # Importable as "demo_site" and "chat" from any working directory.
     sys.path.insert(0, str(HERE))
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "demo_site.settings")

@@ -11,6 +11,7 @@ from tests.consumers import (
     DiffConsumer,
     LobbyConsumer,
     PlainConsumer,
+    SlowHookConsumer,
     SyncConsumer,
 )
 
@@ -20,6 +21,7 @@ websocket_urlpatterns = [
     path("ws/sync/", SyncConsumer.as_asgi()),
     path("ws/crash/<str:where>/", CrashingConsumer.as_asgi()),
     path("ws/diff/", DiffConsumer.as_asgi()),
+    path("ws/slow/", SlowHookConsumer.as_asgi()),
 ]
 
 # The tests put scope["user"] and scope["session"] in themselves, as

@@ -13,9 +13,11 @@ from django.test import override_settings
 from hypothesis import HealthCheck
 from hypothesis import settings as hypothesis_settings
 
+from channels_presence import listeners
+from channels_presence.logs import store_failures
 from channels_presence.stores import reset_store
 from channels_presence.stores.local import clear_process_memory
-from tests.redis_server import RedisServer, find_redis_server
+from tests.redis_server import RedisServer, find_redis_server, free_port
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
@@ -60,7 +62,8 @@ def redis_url(redis_server: RedisServer | None) -> str:
     import redis
 
     try:
-        redis.Redis.from_url(url, socket_connect_timeout=2).ping()
+        with redis.Redis.from_url(url, socket_connect_timeout=2) as client:
+            client.ping()
     except redis.RedisError as exc:
         _no_redis(f"REDIS_URL={url!r} does not answer: {exc}")
     return url
@@ -112,19 +115,50 @@ def backend(request: Any, key_prefix: str) -> Iterator[str]:
         cm.disable()
 
 
+@pytest.fixture
+def dead_redis(key_prefix: str) -> Iterator[None]:
+    """The presence cache points at a port where nothing listens."""
+    url = f"redis://127.0.0.1:{free_port()}/0"
+    with override_settings(
+        CACHES={"default": {"BACKEND": "django_redis.cache.RedisCache", "LOCATION": url}},
+        CHANNELS_PRESENCE={"KEY_PREFIX": key_prefix},
+    ):
+        store_failures.failures = 0
+        yield
+    store_failures.failures = 0
+
+
 @pytest.fixture(autouse=True)
 def _fresh_presence_state() -> Iterator[None]:
-    """Every test starts with an empty local-memory cache and a new store."""
+    """Every test starts with an empty local-memory cache, a new store and no cached sizes."""
     from django.conf import settings
     from django.core.cache import caches
 
     reset_store()
+    listeners.reset()
     clear_process_memory()
     for alias, config in settings.CACHES.items():
         if config["BACKEND"].endswith("LocMemCache"):
             caches[alias].clear()
     yield
     reset_store()
+
+
+@pytest.fixture
+def layer_sends(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
+    """The groups the default channel layer's ``group_send`` was called for (it still sends)."""
+    from channels.layers import get_channel_layer
+
+    layer = get_channel_layer()
+    calls: list[str] = []
+    original = layer.group_send
+
+    async def counting(group: str, message: Any) -> None:
+        calls.append(group)
+        await original(group, message)
+
+    monkeypatch.setattr(layer, "group_send", counting)
+    yield calls
 
 
 class FakeUser:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from channels.generic.websocket import (
@@ -29,6 +30,9 @@ class LobbyConsumer(PresenceConsumerMixin, AsyncJsonWebsocketConsumer):
             await self.send_json({"left": content["leave"]})
         elif "size" in content:
             await self.send_json({"size": await agroup_size(content["size"])})
+        elif "stall" in content:
+            # A slow handler: messages for this consumer queue up behind it.
+            await asyncio.sleep(content["stall"])
         else:
             await self.send_json({"echo": content})
 
@@ -107,3 +111,13 @@ class DiffConsumer(PresenceConsumerMixin, AsyncJsonWebsocketConsumer):
                 await self.send_json({"error": str(exc)})
                 return
             await self.send_json({"meta": "ok"})
+
+
+class SlowHookConsumer(PresenceConsumerMixin, AsyncJsonWebsocketConsumer):
+    """Its get_presence_groups() takes a while (a database query, say)."""
+
+    hook_seconds = 0.3
+
+    async def get_presence_groups(self) -> list[str]:  # type: ignore[override]
+        await asyncio.sleep(self.hook_seconds)
+        return ["lobby"]

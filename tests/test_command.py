@@ -306,7 +306,7 @@ async def test_disconnect_refuses_a_bad_code_and_closes_nothing(ws: Any) -> None
 async def test_sweep_removes_expired_entries_and_counts_them(presence_settings: Any) -> None:
     presence_settings(TTL=1)
     # A connection whose server died: recorded, then never refreshed.
-    dead = Connection("dead!1", "8", None, time.time(), ("lobby",))
+    dead = Connection("dead!1", "8", None, time.time(), ("lobby",), conn_id="deadnode.1")
     get_store().connect(dead, SessionPolicy(max_sessions=None))
     assert await presence_json("groups") == {
         "groups": [{"group": "lobby", "size": 1, "user_count": 1}]
@@ -324,7 +324,8 @@ async def test_sweep_removes_expired_entries_and_counts_them(presence_settings: 
 async def test_sweep_json_names_what_it_removed(presence_settings: Any) -> None:
     presence_settings(TTL=1)
     get_store().connect(
-        Connection("dead!2", "9", None, time.time(), ("lobby",)), SessionPolicy(max_sessions=None)
+        Connection("dead!2", "9", None, time.time(), ("lobby",), conn_id="deadnode.2"),
+        SessionPolicy(max_sessions=None),
     )
     await asyncio.sleep(1.1)
     assert await presence_json("sweep") == {

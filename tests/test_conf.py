@@ -53,6 +53,17 @@ def test_heartbeat_follows_ttl_unless_given() -> None:
         ("LEAVE_GRACE", -1, ">= 0"),
         ("DISCONNECT_ON_LOGOUT", "yes", "True, False or 'session'"),
         ("METADATA_MAX_BYTES", 10**6, "0 to 65536"),
+        ("LISTENERS_MAX_AGE", -0.5, ">= 0"),
+        ("LISTENERS_MAX_AGE", "0.5", "number of seconds"),
+        ("LISTENERS_MAX_AGE", float("inf"), "finite"),
+        ("MAX_CONNECTIONS_PER_USER", 0, "1 to 100000, or None"),
+        ("MAX_CONNECTIONS_PER_USER", "10", "1 to 100000, or None"),
+        ("MAX_GROUPS_PER_CONNECTION", 501, "1 to 500"),
+        ("MAX_GROUPS_PER_CONNECTION", None, "1 to 500"),
+        ("METRICS_GROUPS", "lobby", "a list of at most 100 group names"),
+        ("METRICS_GROUPS", ["bad name"], "may contain only ASCII letters"),
+        ("METRICS_GROUPS", [f"g{i}" for i in range(101)], "a list of at most 100"),
+        ("METRICS_INTERVAL", 0.5, ">= 1"),
     ],
 )
 def test_bad_values_name_the_key_the_value_and_what_is_allowed(

@@ -1,19 +1,27 @@
 """RedisStore on a real Redis: what only a shared, multi-process store must get right.
 
-Expiry read by the server clock, racing sweepers and connects, recovery after
-Redis loses its data, keys that all expire, one round trip per operation,
-errors that name the server, and reuse of Django cache settings.
+Node liveness read by the server clock, racing reapers and connects, recovery
+after Redis loses its data, the key layout of ``presence.lua`` (every key
+gone once presence is, one cluster slot per user, group and node), one round
+trip per operation, work in batches, errors that name the server, and reuse
+of Django cache settings.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import re
+import shutil
+import subprocess
+import tempfile
 import threading
 import time
+import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -24,23 +32,75 @@ from redis.crc import key_slot
 from channels_presence.conf import build_settings
 from channels_presence.exceptions import StoreUnavailable
 from channels_presence.stores import get_store
-from channels_presence.stores.base import Connection, Departure, SessionPolicy
-from channels_presence.stores.redis import RedisStore
-from tests.redis_server import RedisServer, free_port
+from channels_presence.stores.base import (
+    Connection,
+    ConnectResult,
+    Departure,
+    RefreshResult,
+    SessionPolicy,
+)
+from channels_presence.stores.redis import LIBRARY, USER_BATCH, RedisStore
+from tests.redis_server import RedisServer, free_port, wait_for_port
 
 pytestmark = pytest.mark.redis
 
 UNLIMITED = SessionPolicy(max_sessions=None)
 ONE = SessionPolicy(max_sessions=1)
+#: Slack added to TTL waits: the server clock must see the deadline pass.
+SLACK = 0.2
+_DIGITS = "0123456789abcdefghijklmnopqrstuvwxyz"
 
 
-def conn(
-    channel: str,
-    user: str | None = "u1",
-    session: str | None = None,
-    groups: tuple[str, ...] = (),
-) -> Connection:
-    return Connection(channel, user, session, groups=groups)
+def _b36(n: int) -> str:
+    out = ""
+    while True:
+        n, d = divmod(n, 36)
+        out = _DIGITS[d] + out
+        if n == 0:
+            return out
+
+
+class Node:
+    """One node (event loop) on a store, handing out conn_ids as its heartbeat would."""
+
+    def __init__(self, store: RedisStore, node_id: str | None = None) -> None:
+        self.store = store
+        self.id = node_id or uuid.uuid4().hex[:8]
+        self._seq = itertools.count(1)
+
+    def conn(
+        self,
+        user: str | None = "u1",
+        session: str | None = None,
+        groups: tuple[str, ...] = (),
+        meta: dict[str, Any] | None = None,
+        channel: str | None = None,
+    ) -> Connection:
+        """A new connection of this node, as a consumer hands it to the store."""
+        seq = _b36(next(self._seq))
+        return Connection(
+            channel or f"specific.{self.id}!{seq}",
+            user,
+            session,
+            groups=groups,
+            meta=meta,
+            conn_id=f"{self.id}.{seq}",
+        )
+
+    def connect(
+        self, user: str | None = "u1", policy: SessionPolicy = UNLIMITED, **kwargs: Any
+    ) -> Connection:
+        """Connect a new connection, which must be accepted; returns it as recorded."""
+        c = self.conn(user, **kwargs)
+        result = self.store.connect(c, policy)
+        assert result.accepted, result
+        return replace(c, connected_at=result.connected_at)
+
+    def refresh(self) -> RefreshResult:
+        return self.store.refresh(self.id)
+
+    async def arefresh(self) -> RefreshResult:
+        return await self.store.arefresh(self.id)
 
 
 @pytest.fixture
@@ -50,13 +110,23 @@ def make_store(redis_url: str, key_prefix: str) -> Iterator[Callable[..., RedisS
 
     def make(**kwargs: Any) -> RedisStore:
         kwargs.setdefault("prefix", key_prefix)
-        store = RedisStore(redis_url, **kwargs)
+        store = RedisStore(kwargs.pop("url", redis_url), **kwargs)
         made.append(store)
         return store
 
     yield make
     for store in made:
         store.close()
+
+
+@pytest.fixture
+def make_node(make_store: Callable[..., RedisStore]) -> Callable[..., Node]:
+    """A node on a store of its own (one process each): ``make_node(ttl=1)``."""
+
+    def make(store: RedisStore | None = None, **kwargs: Any) -> Node:
+        return Node(store or make_store(**kwargs))
+
+    return make
 
 
 @pytest.fixture
@@ -67,142 +137,249 @@ def client(redis_url: str) -> Iterator[redis.Redis]:
 
 
 def keys_of(client: redis.Redis, prefix: str) -> list[str]:
-    return sorted(client.scan_iter(match=f"{prefix}:*", count=1000))
+    return sorted(client.scan_iter(match=f"{prefix}/*", count=1000))
 
 
-def evalsha_calls(client: redis.Redis) -> int:
-    stats = client.info("commandstats")
-    return int(stats.get("cmdstat_evalsha", {}).get("calls", 0))
+def dump_all(client: redis.Redis, prefix: str) -> dict[str, Any]:
+    """Every key of the prefix with its serialized value (DUMP) and when it expires."""
+    # redis-py's dump() never decodes, whatever the client's decode_responses.
+    return {k: (client.dump(k), client.expiretime(k)) for k in keys_of(client, prefix)}
 
 
-def other_calls(client: redis.Redis) -> dict[str, int]:
-    """Calls of the top-level commands a non-scripted store would send."""
-    stats = client.info("commandstats")
-    return {
-        name: int(stats.get(f"cmdstat_{name}", {}).get("calls", 0))
-        for name in ("eval", "script|load", "multi", "exec", "ping")
-    }
-
-
-# Expiry ------------------------------------------------------------------------
-
-
-def test_expired_entries_are_not_counted_before_any_sweep(
-    make_store: Callable[..., RedisStore], client: redis.Redis, key_prefix: str
-) -> None:
-    store = make_store(ttl=1)
-    store.connect(conn("c1", "u1", groups=("room",)), UNLIMITED)
-    store.connect(conn("c2", "u2", groups=("room", "lobby")), UNLIMITED)
-    store.connect(conn("a1", None, groups=("room",)), UNLIMITED)
-    assert store.group_sizes(("room", "lobby")) == {"room": 3, "lobby": 1}
-
-    time.sleep(1.1)
-
-    # Still recorded (nothing swept them), but no read counts them.
-    assert client.hlen(f"{key_prefix}:conn") == 3
-    assert store.group_size("room") == 0
-    assert store.group_user_count("room") == 0
-    assert store.group_sizes(("room", "lobby")) == {"room": 0, "lobby": 0}
-    assert store.groups() == {}
-    assert store.group_members("room") == ()
-    assert store.user_connections("u1") == ()
-    assert len(store.sweep()) == 3
-    assert client.hlen(f"{key_prefix}:conn") == 0
-
-
-def test_a_user_stays_counted_while_one_connection_lives(
-    make_store: Callable[..., RedisStore],
-) -> None:
-    store = make_store(ttl=1)
-    store.connect(conn("old", "u1", groups=("room",)), UNLIMITED)
-    time.sleep(0.6)
-    store.connect(conn("new", "u1", groups=("room",)), UNLIMITED)
-    time.sleep(0.6)
-
-    assert (store.group_size("room"), store.group_user_count("room")) == (1, 1)
-    [swept] = store.sweep()
-    # The user still has "new" in the room: no leave, not offline.
-    assert (swept.connection.channel_name, swept.user_left, swept.went_offline) == (
-        "old",
-        (),
-        False,
+def channels(items: Any) -> list[str]:
+    return sorted(
+        (d.connection if isinstance(d, Departure) else d).channel_name for d in items or ()
     )
-    assert (store.group_size("room"), store.group_user_count("room")) == (1, 1)
 
 
-async def test_racing_sweepers_report_each_departure_once(
-    make_store: Callable[..., RedisStore],
+#: The documented key layout (presence.lua's header): kind -> (key after P, Redis type).
+LAYOUT = {
+    "user": (r"/u\{[^{}]+\}", "hash"),
+    "group": (r"/g\{[^{}]+\}", "hash"),
+    "group count": (r"/g\{[^{}]+\}/n", "string"),
+    "group anonymous": (r"/g\{[^{}]+\}/a", "set"),
+    "node": (r"/n\{[0-9a-f]+\}", "hash"),
+    "node bucket": (r"/n\{[0-9a-f]+\}/[0-9]+", "hash"),
+    "node anonymous": (r"/n\{[0-9a-f]+\}/a", "hash"),
+    "node inbox": (r"/n\{[0-9a-f]+\}/x", "list"),
+    "nodes": (r"/\{~\}nodes", "zset"),
+    "pending": (r"/\{~\}pending", "zset"),
+    "groups": (r"/\{~\}groups", "zset"),
+}
+
+
+def kind_of(key: str, prefix: str, client: redis.Redis) -> str:
+    for kind, (pattern, type_) in LAYOUT.items():
+        if re.fullmatch(re.escape(prefix) + pattern, key):
+            assert client.type(key) == type_, (key, type_)
+            return kind
+    raise AssertionError(f"{key!r} is not in the documented key layout")
+
+
+# Liveness: a dead node's connections -----------------------------------------------
+
+
+def test_listings_leave_out_a_dead_nodes_connections_at_its_deadline(
+    make_node: Callable[..., Node],
 ) -> None:
-    writer = make_store(ttl=1)
+    dead, live = make_node(ttl=2), make_node(ttl=2)
+    dead.connect("u1", groups=("room",))
+    dead.connect("u2", groups=("room",))
+    dead.connect(None, groups=("room",))
+    time.sleep(1)
+    kept = live.connect("u1", groups=("room",))
+    assert live.refresh().expired == ()
+    time.sleep(1 + SLACK)
+
+    # Past the dead node's deadline, before anyone reaped it; the live node's
+    # deadline is most of a second away.
+    reader = live.store
+    assert [c.conn_id for c in reader.user_connections("u1")] == [kept.conn_id]
+    assert reader.user_connections("u2") == ()
+    [member] = reader.group_members("room")
+    assert (member.user, [c.conn_id for c in member.connections]) == ("u1", [kept.conn_id])
+    # Counts are plain GET/HLEN: they still include the dead node until it is reaped.
+    assert (reader.group_size("room"), reader.group_user_count("room")) == (4, 2)
+
+
+def test_counts_drop_once_another_nodes_heartbeat_reaps_a_dead_node(
+    make_node: Callable[..., Node],
+) -> None:
+    dead, live = make_node(ttl=1), make_node(ttl=1)
+    gone = [
+        dead.connect("u1", groups=("room",)),
+        dead.connect("u2", groups=("room", "lobby")),
+        dead.connect(None, groups=("room",)),
+    ]
+    live.connect("u1", groups=("room",))
+    time.sleep(1 + SLACK)
+    assert live.store.group_sizes(("room", "lobby")) == {"room": 4, "lobby": 1}
+
+    result = live.refresh()
+
+    assert channels(result.expired) == channels(gone)
+    by_user = {d.connection.user: d for d in result.expired}
+    # u1 is still in the room on the live node: no leave, not offline.
+    assert (by_user["u1"].user_left, by_user["u1"].went_offline) == ((), False)
+    assert (set(by_user["u2"].user_left), by_user["u2"].went_offline) == ({"room", "lobby"}, True)
+    assert by_user[None].went_offline is False
+    store = live.store
+    assert store.group_sizes(("room", "lobby")) == {"room": 1, "lobby": 0}
+    assert (store.group_user_count("room"), store.groups()) == (1, {"room": 1})
+    assert live.refresh().expired == ()
+
+
+def test_sweep_reaps_dead_nodes_without_a_heartbeat(
+    make_node: Callable[..., Node], make_store: Callable[..., RedisStore]
+) -> None:
+    dead = make_node(ttl=1)
+    gone = [dead.connect(f"u{i}", groups=("room",)) for i in range(5)]
+    time.sleep(1 + SLACK)
+
+    # A store with no node of its own (a management command) sweeps in batches.
+    sweeper = make_store(ttl=1, reap_budget=3)
+    assert channels(sweeper.sweep()) == channels(gone)
+    assert (sweeper.group_size("room"), sweeper.groups(), sweeper.sweep()) == (0, {}, ())
+
+
+def test_refresh_says_when_another_nodes_deadline_passes(make_node: Callable[..., Node]) -> None:
+    alone = make_node(ttl=30)
+    assert alone.refresh().next_check is None
+    other = make_node(ttl=30)
+    other.refresh()
+
+    next_check = alone.refresh().next_check
+
+    assert next_check is not None
+    assert 0 < next_check <= 30
+
+
+async def test_racing_reapers_report_each_departure_once(
+    make_node: Callable[..., Node],
+) -> None:
+    dead = make_node(ttl=1)
     expected_left: set[tuple[str, str]] = set()
     for i in range(200):
         user = f"u{i % 40}"
         groups = (f"g{i % 5}", f"g{(i + 1) % 5}")
-        await writer.aconnect(conn(f"c{i}", user, groups=groups), UNLIMITED)
+        dead.connect(user, groups=groups)
         expected_left.update((user, g) for g in groups)
-    await asyncio.sleep(1.1)
-    # Small batches force the sweepers to interleave many times.
-    sweepers = [make_store(ttl=1, sweep_batch=7) for _ in range(4)]
+    anonymous = [dead.connect(None, groups=("g0",)) for _ in range(10)]
+    await asyncio.sleep(1 + SLACK)
+    # Live nodes of their own, small budgets: the reapers interleave many times.
+    reapers = [make_node(ttl=5, reap_budget=7) for _ in range(5)]
 
-    async def heartbeat_until_done(store: RedisStore) -> list[Departure]:
+    async def heartbeat_until_done(node: Node) -> list[Departure]:
         found: list[Departure] = []
-        while batch := (await store.arefresh(())).expired:
-            found.extend(batch)
-        return found
+        while True:
+            result = await node.arefresh()
+            found.extend(result.expired)
+            if not result.more:
+                return found
 
-    async def sweep(store: RedisStore) -> list[Departure]:
-        return list(await store.asweep())
+    def sync_heartbeat_until_done(node: Node) -> list[Departure]:
+        return asyncio.run(heartbeat_until_done(node))
 
-    results = await asyncio.gather(
-        *(heartbeat_until_done(s) for s in sweepers[:2]), *(sweep(s) for s in sweepers[2:])
-    )
-    # Threads too: separate connections, truly concurrent clients.
+    def sync_sweep(node: Node) -> list[Departure]:
+        return list(node.store.sweep())
+
+    loop = asyncio.get_running_loop()
     with ThreadPoolExecutor(2) as pool:
-        results.extend(pool.map(lambda s: list(s.sweep()), sweepers))
+        # Threads too: separate clients, truly concurrent with this loop's.
+        results = await asyncio.gather(
+            *(heartbeat_until_done(r) for r in reapers[:3]),
+            loop.run_in_executor(pool, sync_heartbeat_until_done, reapers[3]),
+            loop.run_in_executor(pool, sync_sweep, reapers[4]),
+        )
 
     departures = [d for found in results for d in found]
     names = [d.connection.channel_name for d in departures]
-    assert sorted(names) == sorted(f"c{i}" for i in range(200))
+    assert sorted(names) == sorted(
+        [f"specific.{dead.id}!{_b36(i)}" for i in range(1, 201)] + channels(anonymous)
+    )
     left = Counter((d.connection.user, g) for d in departures for g in d.user_left)
     assert set(left) == expected_left
     assert set(left.values()) == {1}
     offline = Counter(d.connection.user for d in departures if d.went_offline)
     assert offline == Counter({f"u{i}": 1 for i in range(40)})
-    for store in sweepers:
-        await store.aclose()
+    assert reapers[0].store.groups() == {}
+    for node in reapers:
+        await node.store.aclose()
 
 
-def test_swept_connection_is_closed_not_restored_by_its_late_heartbeat(
-    make_store: Callable[..., RedisStore],
+def test_a_stalled_node_is_counted_out_and_may_not_connect(
+    make_node: Callable[..., Node],
 ) -> None:
-    stalled = make_store(ttl=1)
-    other = make_store(ttl=1)
-    mine = conn("c1", "u1", groups=("room",))
-    stalled.connect(mine, UNLIMITED)
-    time.sleep(1.1)
-    # Another process swept it and discarded it from the layer's groups...
-    assert [d.connection.channel_name for d in other.refresh(()).expired] == ["c1"]
+    stalled, other = make_node(ttl=1), make_node(ttl=1)
+    mine = stalled.connect("u1", groups=("room",))
+    time.sleep(1 + SLACK)
+    # Another node reaped it and discarded it from the layer's groups...
+    assert channels(other.refresh().expired) == [mine.channel_name]
 
-    # ...so when the stalled process wakes up, the connection must close.
-    result = stalled.refresh((mine,))
-
-    assert (result.closed, result.restored) == (("c1",), 0)
-    assert stalled.group_size("room") == 0
-
-
-# Recovery --------------------------------------------------------------------------
-
-
-def _populate(store: RedisStore) -> tuple[Connection, ...]:
-    local = (
-        conn("c1", "u1", "s1", groups=("room", "lobby")),
-        conn("c2", "u1", "s2", groups=("room",)),
-        conn("c3", "u2", groups=("room",)),
-        conn("a1", None, groups=("lobby",)),
+    # ...so when the stalled loop wakes up, it must close its sockets and start afresh.
+    assert stalled.refresh() == RefreshResult(counted_out=True)
+    assert stalled.store.connect(stalled.conn("u1", groups=("room",)), UNLIMITED) == (
+        ConnectResult(accepted=False, refused="counted_out")
     )
-    for c in local:
-        store.connect(c, UNLIMITED)
-    return local
+    assert stalled.store.disconnect(mine) is None
+    assert (other.store.group_size("room"), other.store.user_connections("u1")) == (0, ())
+    # Its counting out is never undone by its own late calls.
+    assert stalled.refresh().counted_out is True
+
+
+def test_a_stalled_node_still_beating_before_it_is_reaped_keeps_its_connections(
+    make_node: Callable[..., Node],
+) -> None:
+    slow = make_node(ttl=1)
+    mine = slow.connect("u1", groups=("room",))
+    time.sleep(1 + SLACK)
+
+    # Nobody reaped it yet: its late beat is just a beat.
+    assert slow.refresh().counted_out is False
+    assert [c.conn_id for c in slow.store.user_connections("u1")] == [mine.conn_id]
+    assert make_node(ttl=1).refresh().expired == ()
+
+
+def test_a_dead_node_is_reaped_even_after_its_record_expired(
+    make_node: Callable[..., Node], make_store: Callable[..., RedisStore]
+) -> None:
+    # ttl=0.1: node records expire after ceil(0.1 * 10) = 1 s. With TTL=60 this is a
+    # single server that crashed and came back after more than ten minutes.
+    dead = make_node(ttl=0.1)
+    gone = dead.connect("u1", groups=("room",))
+    time.sleep(1 + SLACK)
+
+    sweeper = make_store(ttl=0.1)
+    assert sweeper.user_connections("u1") == ()
+    assert channels(sweeper.sweep()) == [gone.channel_name]
+    assert (sweeper.group_size("room"), sweeper.group_user_count("room")) == (0, 0)
+
+
+def test_a_node_stalled_longer_than_its_tombstone_lives_is_still_counted_out(
+    make_node: Callable[..., Node],
+) -> None:
+    # ttl=0.1: records and tombstones expire after ceil(0.1 * 10) = 1 s.
+    stalled, other = make_node(ttl=0.1), make_node(ttl=0.1)
+    mine = stalled.connect("u1", groups=("room",))
+    time.sleep(0.1 + SLACK)
+    assert channels(other.refresh().expired) == [mine.channel_name]
+    time.sleep(1 + SLACK)
+
+    result = stalled.refresh()
+
+    assert (result.counted_out, result.lost) == (True, False)
+
+
+# Recovery after Redis lost its data ------------------------------------------------
+
+
+def _populate(node: Node) -> tuple[Connection, ...]:
+    return (
+        node.connect("u1", session="s1", groups=("room", "lobby"), meta={"typing": True}),
+        node.connect("u1", session="s2", groups=("room",)),
+        node.connect("u2", groups=("room",)),
+        node.connect(None, groups=("lobby",)),
+    )
 
 
 def _snapshot(store: RedisStore) -> tuple[Any, ...]:
@@ -211,197 +388,480 @@ def _snapshot(store: RedisStore) -> tuple[Any, ...]:
         store.group_user_count("room"),
         store.group_user_count("lobby"),
         store.groups(),
-        [c.channel_name for c in store.user_connections("u1")],
+        store.user_connections("u1"),
+        store.group_members("lobby"),
     )
 
 
-def test_flushall_then_one_heartbeat_restores_counts(
-    make_store: Callable[..., RedisStore],
-    client: redis.Redis,
-    redis_server: RedisServer | None,
-) -> None:
+@pytest.fixture
+def flushable(redis_server: RedisServer | None) -> None:
     if redis_server is None:
         pytest.skip("FLUSHALL needs the throwaway redis-server, not REDIS_URL")
-    store = make_store()
-    local = _populate(store)
-    before = _snapshot(store)
+
+
+@pytest.mark.usefixtures("flushable")
+def test_flushall_then_refresh_reports_lost_and_restore_brings_counts_back(
+    make_node: Callable[..., Node], client: redis.Redis
+) -> None:
+    node = make_node()
+    local = _populate(node)
+    assert node.refresh().lost is False
+    before = _snapshot(node.store)
     assert before[0] == {"room": 3, "lobby": 2}
 
     client.flushall()
-    assert store.group_sizes(("room", "lobby")) == {"room": 0, "lobby": 0}
-    result = store.refresh(local)
+    assert node.store.group_sizes(("room", "lobby")) == {"room": 0, "lobby": 0}
+    assert node.refresh().lost is True
+    result = node.store.restore(local, UNLIMITED)
 
-    assert (result.restored, result.closed, result.expired) == (4, (), ())
-    assert _snapshot(store) == before
+    assert (result.restored, result.refused) == (4, ())
+    assert _snapshot(node.store) == before
+    assert node.refresh().lost is False
+    # Writing back twice changes nothing.
+    assert node.store.restore(local, UNLIMITED).restored == 0
+    assert _snapshot(node.store) == before
 
 
-async def test_restart_then_one_heartbeat_restores_counts(
-    make_store: Callable[..., RedisStore], redis_server: RedisServer | None
+@pytest.mark.usefixtures("flushable")
+def test_connects_after_a_flush_do_not_hide_the_loss(
+    make_node: Callable[..., Node], client: redis.Redis
+) -> None:
+    node = make_node()
+    local = _populate(node)
+    # The node's first connect marked it live: its first beat has nothing to restore.
+    assert node.refresh().lost is False
+
+    client.flushall()
+    late = node.connect("u3", groups=("room",))
+
+    assert node.refresh().lost is True
+    assert node.store.restore((*local, late), UNLIMITED).restored == 4
+    assert node.store.group_sizes(("room", "lobby")) == {"room": 4, "lobby": 2}
+
+
+@pytest.mark.usefixtures("flushable")
+def test_restore_refuses_connections_whose_place_was_taken_after_the_loss(
+    make_node: Callable[..., Node], client: redis.Redis
+) -> None:
+    node, elsewhere = make_node(), make_node()
+    mine = node.connect("u1", ONE, groups=("room",))
+    client.flushall()
+    newer = elsewhere.connect("u1", ONE, groups=("room",))
+
+    assert node.refresh().lost is True
+    result = node.store.restore((mine,), ONE)
+
+    assert (result.restored, result.refused) == (0, (mine.conn_id,))
+    assert [c.conn_id for c in node.store.user_connections("u1")] == [newer.conn_id]
+
+
+def test_a_refused_first_connect_does_not_make_the_next_refresh_report_lost(
+    make_node: Callable[..., Node],
+) -> None:
+    policy = SessionPolicy(max_sessions=1, on_limit="reject_new")
+    make_node().connect("u1", policy)
+    node = make_node()
+    assert node.store.connect(node.conn("u1"), policy).refused == "limit"
+    node.connect("u2", policy)
+
+    assert node.refresh().lost is False
+
+
+async def test_restart_then_refresh_reports_lost_and_reloads_the_functions(
+    make_node: Callable[..., Node], redis_server: RedisServer | None
 ) -> None:
     if redis_server is None:
         pytest.skip("restarting needs the throwaway redis-server, not REDIS_URL")
-    store = make_store()
-    local = _populate(store)
-    before = _snapshot(store)
-    await store.agroup_size("room")  # the async client holds a pooled socket too
+    node = make_node()
+    local = _populate(node)
+    before = _snapshot(node.store)
+    await node.store.agroup_size("room")  # the async client holds a pooled socket too
 
-    # Keys, loaded scripts and every pooled socket are gone.
+    # Keys, the function library and every pooled socket are gone.
     redis_server.restart()
+    with redis.Redis.from_url(redis_server.url) as fresh:
+        assert fresh.function_list() == []
+    # The async client goes first: it reconnects and loads the library.
+    late = node.conn("u3", groups=("room",))
+    connected = await node.store.aconnect(late, UNLIMITED)
+    late = replace(late, connected_at=connected.connected_at)
 
-    assert (await store.arefresh(local)).restored == 4
-    assert _snapshot(store) == before
-    await store.aclose()
-
-
-# Keys ----------------------------------------------------------------------------
-
-
-def _exercise(store: RedisStore) -> None:
-    """Every kind of key the store writes, tombstones included."""
-    _populate(store)
-    store.connect(conn("c4", "u1", "s3", groups=("room",)), SessionPolicy(max_sessions=2))
-    store.join("c3", ("extra",))
-    store.leave("c3", ("room",))
-    store.set_meta("c3", {"typing": True})
-    store.disconnect("a1")
-    store.connect(conn("d1", "u9", groups=("gone-soon",)), UNLIMITED)
-    store.disconnect_user("u9")
-    store.refresh((conn("r1", "u7", groups=("restored",)),))
+    assert (await node.arefresh()).lost is True
+    assert (await node.store.arestore((*local, late), UNLIMITED)).restored == 4
+    assert node.store.user_connections("u3") == (late,)
+    node.store.disconnect(late)
+    assert _snapshot(node.store) == before
+    with redis.Redis.from_url(redis_server.url, decode_responses=True) as fresh:
+        [library] = fresh.function_list()
+        assert dict(zip(library[::2], library[1::2], strict=True))["library_name"] == LIBRARY
+    await node.store.aclose()
 
 
-def test_every_key_expires(
-    make_store: Callable[..., RedisStore], client: redis.Redis, key_prefix: str
+# Keys ----------------------------------------------------------------------------------
+
+
+def _exercise(a: Node, b: Node) -> list[Connection]:
+    """Every kind of key the store writes; returns the connections left."""
+    by_session = SessionPolicy(max_sessions=2, scope="session")
+    a.connect("u1", by_session, session="s1", groups=("lobby",), meta={"k": 1})
+    a.connect("u1", by_session, session="s2", groups=("room",))
+    # Takes over session s1: removed by this call, announced in a's inbox.
+    left = [b.connect("u1", by_session, session="s3", groups=("room",))]
+    left.append(a.connect(None, groups=("lobby",)))
+    u2 = b.connect("u2", groups=("room",))
+    b.store.join(u2, ("extra",))
+    b.store.leave(u2, ("room",))
+    b.store.set_meta(u2, {"typing": True})
+    left.append(u2)
+    b.connect("u9", groups=("gone",))
+    b.store.disconnect_user("u9", code=4003)
+    restored = b.conn("u7", groups=("restored",))
+    assert b.store.restore((restored,), UNLIMITED).restored == 1
+    left.append(restored)
+    left.extend(c for c in a.store.user_connections("u1") if c.node == a.id)
+    return left
+
+
+def test_no_key_is_left_once_every_connection_left_and_the_nodes_retired(
+    make_node: Callable[..., Node], client: redis.Redis, key_prefix: str
 ) -> None:
-    store = make_store(ttl=30)
-    _exercise(store)
+    a, b = make_node(grace=0.05), make_node(grace=0.05)
+    left = _exercise(a, b)
 
-    keys = keys_of(client, key_prefix)
-    kinds = {re.sub(r":(group|gone):.*?(:users)?$", r":\1\2", k) for k in keys}
-    assert kinds >= {
-        f"{key_prefix}:{kind}"
-        for kind in ("conn", "alive", "groups", "users", "group", "group:users", "gone")
-    }
-    no_expiry = [k for k in keys if client.ttl(k) < 0]
-    assert no_expiry == []
-    assert max(client.ttl(k) for k in keys) <= 30 * 10
+    kinds = Counter(kind_of(k, key_prefix, client) for k in keys_of(client, key_prefix))
+    assert set(kinds) == set(LAYOUT)
+    # Nothing may expire while its node is listed (the reaper needs it all), but
+    # the notices in a node's inbox.
+    assert [k for k in keys_of(client, key_prefix) if client.ttl(k) > 0] == sorted(
+        f"{key_prefix}/n{{{n.id}}}/x" for n in (a, b)
+    )
+    assert a.store.retire(a.id) is False
+
+    for c in left:
+        assert (a.store if c.node == a.id else b.store).disconnect(c) is not None
+    time.sleep(0.05 + SLACK)
+    assert a.store.settle() != ()
+    assert a.store.retire(a.id) is True
+    assert b.store.retire(b.id) is True
+
+    assert keys_of(client, key_prefix) == []
+
+
+def test_a_reaped_node_leaves_only_its_tombstone_which_expires(
+    make_node: Callable[..., Node],
+    make_store: Callable[..., RedisStore],
+    client: redis.Redis,
+    key_prefix: str,
+) -> None:
+    dead = make_node(ttl=1)
+    _populate(dead)
+    time.sleep(1 + SLACK)
+
+    assert len(make_store(ttl=1).sweep()) == 4
+
+    [tombstone] = keys_of(client, key_prefix)
+    assert tombstone == f"{key_prefix}/n{{{dead.id}}}"
+    assert "dead" in client.hgetall(tombstone)
+    # It outlives any stall a process may wake from (a day), then goes.
+    assert 0 < client.ttl(tombstone) <= 86400
+
+
+def test_keys_of_one_user_group_or_node_share_a_slot_and_spread_over_slots(
+    make_node: Callable[..., Node], client: redis.Redis, key_prefix: str
+) -> None:
+    nodes = [make_node(grace=30) for _ in range(4)]
+    odd_user = "mail: someone+tag@example.com / {braces}"
+    for i in range(60):
+        node = nodes[i % 4]
+        node.connect(f"u{i % 30}", groups=(f"g{i % 20}",))
+        node.connect(None, groups=(f"g{i % 20}",))
+    nodes[0].connect(odd_user, groups=("g0",))
+    for node in nodes:
+        node.store.disconnect_user("u0")  # inboxes, pending departures
+
+    owners: dict[str, set[int]] = {}
+    for key in keys_of(client, key_prefix):
+        owner = re.sub(r"/[0-9a-z]+$", "", key)  # P/g{g}/n -> P/g{g}
+        owners.setdefault(owner, set()).add(key_slot(key.encode()))
+    assert all(len(slots) == 1 for slots in owners.values()), owners
+    users = {o: s for o, s in owners.items() if "/u{" in o}
+    groups = {o: s for o, s in owners.items() if "/g{" in o}
+    node_keys = {o: s for o, s in owners.items() if "/n{" in o}
+    # u1..u29 and the unusual one (u0 was kicked).
+    assert (len(users), len(groups), len(node_keys)) == (30, 20, 4)
+    # Unusual user keys get a tag of their own (a digest), never a stray brace.
+    assert not any("{braces}" in o for o in users)
+    for kind in (users, groups):
+        assert len(set().union(*kind.values())) >= len(kind) - 2
+    # The global keys share the tag "~".
+    assert set().union(*(s for o, s in owners.items() if "/{~}" in o)) == {key_slot(b"~")}
 
 
 def test_a_hash_tag_prefix_puts_every_key_in_one_cluster_slot(
     make_store: Callable[..., RedisStore], client: redis.Redis, key_prefix: str
 ) -> None:
     prefix = "{" + key_prefix + "}"
-    _exercise(make_store(prefix=prefix))
+    a = Node(make_store(prefix=prefix, grace=30))
+    b = Node(make_store(prefix=prefix, grace=30))
+    _exercise(a, b)
 
-    keys = [k for k in client.scan_iter(match=f"{{{key_prefix}}}:*", count=1000)]
+    keys = keys_of(client, prefix)
     assert len(keys) > 10
     assert {key_slot(k.encode()) for k in keys} == {key_slot(prefix.encode())}
 
 
 def test_reject_new_leaves_every_key_untouched(
-    make_store: Callable[..., RedisStore], redis_url: str, key_prefix: str
+    make_node: Callable[..., Node], client: redis.Redis, key_prefix: str
 ) -> None:
-    store = make_store()
     policy = SessionPolicy(max_sessions=1, on_limit="reject_new")
-    store.connect(conn("c1", "u1", "s1", groups=("room",)), policy)
-    with redis.Redis.from_url(redis_url) as raw:
-        before = {k: raw.dump(k) for k in raw.scan_iter(match=f"{key_prefix}:*")}
+    first = make_node()
+    first.connect("u1", policy, session="s1", groups=("room",))
+    before = dump_all(client, key_prefix)
 
-        assert store.connect(conn("c2", "u1", "s2", groups=("new",)), policy).accepted is False
+    # The refused connection's node (a new one) writes nothing either.
+    node = make_node()
+    result = node.store.connect(node.conn("u1", session="s2", groups=("new",)), policy)
 
-        after = {k: raw.dump(k) for k in raw.scan_iter(match=f"{key_prefix}:*")}
-    assert after == before
+    assert (result.accepted, result.refused) == (False, "limit")
+    assert dump_all(client, key_prefix) == before
 
 
-# Atomicity -------------------------------------------------------------------------
+def test_max_connections_refuses_the_next_and_leaves_every_key_untouched(
+    make_node: Callable[..., Node], client: redis.Redis, key_prefix: str
+) -> None:
+    policy = SessionPolicy(max_sessions=None, max_connections=3)
+    node = make_node()
+    for _ in range(3):
+        node.connect("u1", policy, groups=("room",))
+    node.connect("u2", policy, groups=("room",))
+    before = dump_all(client, key_prefix)
+
+    result = node.store.connect(node.conn("u1", groups=("room",)), policy)
+
+    assert (result.accepted, result.refused) == (False, "connections")
+    assert dump_all(client, key_prefix) == before
+    assert len(node.store.user_connections("u1")) == 3
+
+
+# Atomicity -------------------------------------------------------------------------------
 
 
 def test_racing_connects_of_one_user_leave_exactly_one(
-    make_store: Callable[..., RedisStore],
+    make_node: Callable[..., Node],
 ) -> None:
-    stores = [make_store() for _ in range(5)]
+    nodes = [make_node() for _ in range(20)]
+    policy = SessionPolicy(max_sessions=1, close_code=4005)
     start = threading.Barrier(20)
+    made = [node.conn("u1", groups=("room",)) for node in nodes]
 
-    def connect(i: int) -> Any:
+    def connect(i: int) -> ConnectResult:
         start.wait()
-        return stores[i % 5].connect(conn(f"c{i:02}", "u1", groups=("room",)), ONE)
+        return nodes[i].store.connect(made[i], policy)
 
     with ThreadPoolExecutor(20) as pool:
         results = list(pool.map(connect, range(20)))
 
     assert all(r.accepted for r in results)
-    survivors = stores[0].user_connections("u1")
-    assert len(survivors) == 1
-    evicted = [d.connection.channel_name for r in results for d in r.evicted]
-    assert len(evicted) == len(set(evicted)) == 19
-    assert survivors[0].channel_name not in evicted
+    store = nodes[0].store
+    [survivor] = store.user_connections("u1")
+    evicted = [d.connection.conn_id for r in results for d in r.evicted]
+    assert sorted(evicted) == sorted(c.conn_id for c in made if c.conn_id != survivor.conn_id)
     assert sum(r.came_online for r in results) == 1
-    assert (stores[0].group_size("room"), stores[0].group_user_count("room")) == (1, 1)
-    everyone = tuple(conn(f"c{i:02}", "u1", groups=("room",)) for i in range(20))
-    assert len(stores[1].refresh(everyone).closed) == 19
+    assert (store.group_size("room"), store.group_user_count("room")) == (1, 1)
+    # Each evicted connection's node hears of it once, with the reason and code.
+    notices: dict[str, tuple[str, int]] = {}
+    for node in nodes:
+        result = node.refresh()
+        notices.update((c, (result.close_reasons[c], result.close_codes[c])) for c in result.closed)
+        assert set(result.closed) <= {c.conn_id for c in made if c.node == node.id}
+    assert notices == dict.fromkeys(evicted, ("superseded", 4005))
 
 
 async def test_racing_connects_with_reject_new_accept_exactly_one(
-    make_store: Callable[..., RedisStore],
+    make_node: Callable[..., Node],
 ) -> None:
-    stores = [make_store() for _ in range(5)]
+    nodes = [make_node() for _ in range(20)]
     policy = SessionPolicy(max_sessions=1, on_limit="reject_new")
 
     results = await asyncio.gather(
-        *(stores[i % 5].aconnect(conn(f"c{i:02}", "u1"), policy) for i in range(20))
+        *(node.store.aconnect(node.conn("u1", groups=("room",)), policy) for node in nodes)
     )
 
     assert sum(r.accepted for r in results) == 1
-    assert len(await stores[0].auser_connections("u1")) == 1
-    for store in stores:
-        await store.aclose()
+    assert {r.refused for r in results if not r.accepted} == {"limit"}
+    assert len(await nodes[0].store.auser_connections("u1")) == 1
+    assert await nodes[0].store.agroup_size("room") == 1
+    for node in nodes:
+        await node.store.aclose()
 
 
-# Round trips -----------------------------------------------------------------------
+# Round trips and batches --------------------------------------------------------------
+
+#: Commands a client may send, as INFO commandstats names them. Commands run
+#: inside functions are counted too, so these are the ones no function runs
+#: (GET aside: only the group listing, not measured here, runs it).
+COUNTED = (
+    "fcall",
+    "fcall_ro",
+    "get",
+    "hlen",
+    "mget",
+    "function|load",
+    "eval",
+    "evalsha",
+    "script|load",
+    "multi",
+    "exec",
+)
+
+
+def command_calls(client: redis.Redis) -> Counter[str]:
+    """Calls so far of each command in COUNTED."""
+    stats = client.info("commandstats")
+    return Counter(
+        {name: int(stats.get(f"cmdstat_{name}", {}).get("calls", 0)) for name in COUNTED}
+    )
 
 
 def test_each_operation_is_one_round_trip(
-    make_store: Callable[..., RedisStore], client: redis.Redis
+    make_node: Callable[..., Node], client: redis.Redis
 ) -> None:
-    store = make_store()
-    local = tuple(conn(f"c{i}", f"u{i % 7}", groups=("a", "b")) for i in range(50))
-    # The first use of each script on a server loads it: not what we measure.
-    store.connect(conn("warm", "w"), ONE)
-    store.refresh(())
-    store.disconnect("warm")
-    store.group_sizes(("a",))
+    node, other = make_node(), make_node()
+    store = node.store
+    # The first call on a server loads the library, and each pool opens its
+    # socket (HELLO, CLIENT SETINFO): not what we measure.
+    other.connect("w")
+    store.group_size("a")
 
-    def cost(operation: Callable[[], Any]) -> tuple[int, dict[str, int]]:
-        calls, others = evalsha_calls(client), other_calls(client)
+    def cost(operation: Callable[[], Any]) -> Counter[str]:
+        before = command_calls(client)
         operation()
-        after = other_calls(client)
-        return evalsha_calls(client) - calls, {k: after[k] - others[k] for k in after}
+        return command_calls(client) - before
 
-    nothing_else = dict.fromkeys(other_calls(client), 0)
-    for c in local:
-        assert cost(lambda c=c: store.connect(c, ONE)) == (1, nothing_else)
-    assert cost(lambda: store.refresh(local)) == (1, nothing_else)
-    assert cost(lambda: store.join("c1", ("x",))) == (1, nothing_else)
-    assert cost(lambda: store.leave("c1", ("x",))) == (1, nothing_else)
-    assert cost(lambda: store.set_meta("c1", {})) == (1, nothing_else)
-    assert cost(lambda: store.disconnect("c1")) == (1, nothing_else)
-    assert cost(lambda: store.disconnect_user("u2")) == (1, nothing_else)
-    assert cost(lambda: store.group_sizes(("a", "b", "c", "d"))) == (1, nothing_else)
-    assert cost(lambda: store.group_user_count("a")) == (1, nothing_else)
+    fcall = Counter(fcall=1)
+    made = []
+    for i in range(50):
+        c = node.conn(f"u{i % 7}", session=f"s{i}", groups=("a", "b"), meta={"i": i})
+        assert cost(lambda c=c: store.connect(c, ONE)) == fcall
+        made.append(c)
+    last = made[-1]
+    assert cost(lambda: store.refresh(node.id)) == fcall
+    assert cost(lambda: store.join(last, ("x",))) == fcall
+    assert cost(lambda: store.leave(last, ("x",))) == fcall
+    assert cost(lambda: store.set_meta(last, {"typing": True})) == fcall
+    assert cost(lambda: store.disconnect(last)) == fcall
+    assert cost(lambda: store.disconnect_user("w")) == fcall
+    assert cost(lambda: store.user_connections("u1")) == Counter(fcall_ro=1)
+    assert cost(lambda: store.group_size("a")) == Counter(get=1)
+    assert cost(lambda: store.group_user_count("a")) == Counter(hlen=1)
+    assert cost(lambda: store.group_sizes(("a", "b", "c", "d"))) == Counter(mget=1)
+    # The async client too, and a write-back batch.
+    later = node.conn("u1", groups=("a",))
+    assert cost(lambda: asyncio.run(store.aconnect(later, ONE))) == fcall
+    assert cost(lambda: asyncio.run(store.arefresh(node.id))) == fcall
+    assert cost(lambda: store.restore(tuple(made[:20]), UNLIMITED)) == fcall
 
 
-# Errors ----------------------------------------------------------------------------
+def test_a_long_join_or_leave_runs_in_calls_of_a_bounded_size(
+    make_node: Callable[..., Node], client: redis.Redis
+) -> None:
+    node = make_node()
+    conn = node.connect("u1")
+    groups = tuple(f"g{i}" for i in range(250))
+
+    before = command_calls(client)
+    assert node.store.join(conn, groups) == groups
+    assert (command_calls(client) - before)["fcall"] == 3  # 100 + 100 + 50
+    assert node.store.group_sizes(groups[::50]) == dict.fromkeys(groups[::50], 1)
+
+    before = command_calls(client)
+    assert node.store.leave(conn, groups[:150]) == groups[:150]
+    assert (command_calls(client) - before)["fcall"] == 2
+    [found] = node.store.user_connections("u1")
+    assert found.groups == groups[150:]
+
+
+def test_disconnect_user_of_thousands_of_connections_runs_in_batches(
+    make_node: Callable[..., Node], client: redis.Redis
+) -> None:
+    node = make_node()
+    for i in range(2000):
+        node.connect("u1", session=f"s{i % 3}", groups=("room", f"g{i % 4}"))
+    node.connect("u2", groups=("room",))
+
+    before = command_calls(client)
+    departures = node.store.disconnect_user("u1", code=4003)
+    calls = command_calls(client) - before
+
+    assert len({d.connection.conn_id for d in departures}) == 2000
+    # Two or more hash fields a connection, USER_BATCH fields scanned a call.
+    assert calls["fcall"] >= 2000 * 3 // USER_BATCH // 2
+    assert set(calls) == {"fcall"}
+    assert sum(d.went_offline for d in departures) == 1
+    assert node.store.user_connections("u1") == ()
+    assert node.store.group_sizes(("room", "g0", "g3")) == {"room": 1, "g0": 0, "g3": 0}
+    assert node.store.group_users("room") == ("u2",)
+    # The node hears of every one, in bounded batches, with the reason and code.
+    closed: list[str] = []
+    while True:
+        result = node.refresh()
+        assert len(result.closed) <= 500
+        assert set(result.close_reasons.values()) <= {"kicked"}
+        assert set(result.close_codes.values()) <= {4003}
+        closed.extend(result.closed)
+        if not result.more:
+            break
+    assert sorted(closed) == sorted(d.connection.conn_id for d in departures)
+
+
+def test_metadata_session_and_groups_round_trip(make_node: Callable[..., Node]) -> None:
+    node = make_node()
+    meta = {"typing": True, "n": [1, 2.5, None], "name": "Zoë ✓", "nested": {"a": "b"}}
+    made = node.connect("u1", session="s-1", groups=("room", "lobby"), meta=meta)
+    anonymous = node.connect(None, groups=("lobby",), meta={"x": 1})
+
+    [recorded] = node.store.user_connections("u1")
+    assert recorded == made
+    members = {m.user: m.connections for m in node.store.group_members("lobby")}
+    assert members == {"u1": (made,), None: (anonymous,)}
+    node.store.set_meta(made, None)
+    assert node.store.user_connections("u1")[0].meta is None
+    departure = node.store.disconnect(made)
+    assert departure is not None
+    assert departure.connection == replace(made, meta=None)
+    assert (set(departure.user_left), departure.went_offline) == ({"room", "lobby"}, True)
+
+
+def test_a_channel_outside_the_nodes_prefix_round_trips(
+    make_node: Callable[..., Node], make_store: Callable[..., RedisStore]
+) -> None:
+    node = make_node(ttl=1)
+    usual = node.connect("u1", groups=("room",))
+    odd = node.connect("u1", groups=("room",), channel="other.layer!abc")
+    bare = node.connect("u2", groups=("room",), channel="no-bang-at-all")
+
+    reader = make_store(ttl=1)
+    assert channels(reader.user_connections("u1")) == channels([usual, odd])
+    assert channels(c for m in reader.group_members("room") for c in m.connections) == (
+        channels([usual, odd, bare])
+    )
+    time.sleep(1 + SLACK)
+    # A store that never saw the node names its connections right as well.
+    assert channels(reader.sweep()) == channels([usual, odd, bare])
+
+
+# Errors ------------------------------------------------------------------------------
 
 
 async def test_unreachable_redis_raises_store_unavailable_naming_it() -> None:
     port = free_port()
     store = RedisStore(f"redis://user:s3cret@127.0.0.1:{port}/0", prefix="p")
+    node = Node(store)
 
-    started = time.monotonic()
     with pytest.raises(StoreUnavailable) as sync_error:
-        store.connect(conn("c1"), ONE)
+        store.connect(node.conn(), ONE)
     with pytest.raises(StoreUnavailable) as async_error:
         await store.agroup_size("room")
-    assert time.monotonic() - started < 5
 
     for error in (sync_error, async_error):
         message = str(error.value)
@@ -412,7 +872,76 @@ async def test_unreachable_redis_raises_store_unavailable_naming_it() -> None:
     await store.aclose()
 
 
-# Django cache settings -------------------------------------------------------------
+# Redis Cluster -------------------------------------------------------------------------
+
+
+@pytest.fixture
+def cluster_url(redis_server: RedisServer | None) -> Iterator[str]:
+    """A one-node Redis Cluster owning every slot: slot rules apply, routing does not."""
+    if redis_server is None:
+        pytest.skip("needs the redis-server binary, not REDIS_URL")
+    port = free_port()
+    folder = tempfile.mkdtemp(prefix="presence-cluster-")
+    args = ["--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+    # The bus port would be port + 10000, maybe past 65535.
+    cluster = ["--cluster-enabled", "yes", "--cluster-port", str(free_port())]
+    process = subprocess.Popen(
+        [redis_server.binary, *args, "--dir", folder, *cluster],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for_port(port)
+        with redis.Redis(port=port, decode_responses=True) as c:
+            c.execute_command("CLUSTER", "ADDSLOTSRANGE", 0, 16383)
+            deadline = time.monotonic() + 10
+            while not _cluster_ok(c):
+                assert time.monotonic() < deadline, "the one-node cluster never came up"
+                time.sleep(0.05)
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _cluster_ok(client: redis.Redis) -> bool:
+    info = client.execute_command("CLUSTER", "INFO")
+    if isinstance(info, dict):
+        return bool(info.get("cluster_state") == "ok")
+    return "cluster_state:ok" in str(info)
+
+
+def _cluster_round(store: RedisStore) -> None:
+    a, b = Node(store), Node(store)
+    c = a.connect("u1", groups=("room", "lobby"))
+    b.connect("u2", groups=("room",))
+    store.join(c, ("extra",))
+    assert store.group_sizes(("room", "lobby")) == {"room": 2, "lobby": 1}
+    assert a.refresh().lost is False
+    assert len(store.group_members("room")) == 2
+    assert len(store.disconnect_user("u1")) == 1
+
+
+def test_a_hash_tag_prefix_works_on_redis_cluster(
+    cluster_url: str, make_store: Callable[..., RedisStore], key_prefix: str
+) -> None:
+    _cluster_round(make_store(url=cluster_url, prefix="{" + key_prefix + "}"))
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=StoreUnavailable,
+    reason="not built yet: on one Redis a connect runs the steps of several slots (user, "
+    "groups, node, {~}) in one call; running them per slot on a cluster is a later change",
+)
+def test_per_entity_hash_tags_work_on_redis_cluster(
+    cluster_url: str, make_store: Callable[..., RedisStore]
+) -> None:
+    _cluster_round(make_store(url=cluster_url))
+
+
+# Django cache settings -----------------------------------------------------------------
 
 
 @pytest.fixture
@@ -446,16 +975,18 @@ def test_from_cache_config_understands_django_redis(
         },
     }
     settings = build_settings({"KEY_PREFIX": key_prefix, "TTL": 30})
+    count_key = f"{key_prefix}/g{{room}}/n"
 
     store = RedisStore.from_cache_config(config, settings)
     try:
         assert (store.url, store.prefix, store.ttl) == (f"redis://{host}", key_prefix, 30.0)
-        store.connect(conn("c1", groups=("room",)), ONE)
+        Node(store).connect("u1", ONE, groups=("room",))
         assert store.group_size("room") == 1
         # DB from OPTIONS wins over the URL's, as in django-redis.
         with redis.Redis.from_url(f"redis://{host}/2") as db2:
-            assert db2.exists(f"{key_prefix}:conn") == 1
-        assert client.exists(f"{key_prefix}:conn") == 0
+            assert db2.get(count_key) == b"1"
+            db2.delete(*db2.scan_iter(match=f"{key_prefix}/*"))
+        assert client.exists(count_key) == 0
     finally:
         store.close()
 
@@ -483,9 +1014,10 @@ def test_from_cache_config_understands_djangos_redis_cache(
     store = RedisStore.from_cache_config(config, settings)
     try:
         assert password not in repr(store)
-        store.connect(conn("c1", groups=("room",)), ONE)
+        Node(store).connect("u1", ONE, groups=("room",))
         with redis.Redis.from_url(f"redis://{host}/3") as db3:
-            assert db3.exists(f"{key_prefix}:conn") == 1
+            assert db3.get(f"{key_prefix}/g{{room}}/n") == b"1"
+            db3.delete(*db3.scan_iter(match=f"{key_prefix}/*"))
     finally:
         store.close()
 
@@ -501,17 +1033,18 @@ def test_get_store_picks_the_redis_store_for_a_redis_cache(redis_url: str, key_p
         store = get_store()
         assert isinstance(store, RedisStore)
         assert store.prefix == key_prefix
-        store.connect(conn("c1", groups=("room",)), ONE)
+        Node(store).connect("u1", ONE, groups=("room",))
         assert store.group_size("room") == 1
         store.close()
 
 
-# Event loops -----------------------------------------------------------------------
+# Event loops ---------------------------------------------------------------------------
 
 
-def test_each_event_loop_gets_its_own_client(make_store: Callable[..., RedisStore]) -> None:
-    store = make_store()
-    store.connect(conn("c1", groups=("room",)), UNLIMITED)
+def test_each_event_loop_gets_its_own_client(make_node: Callable[..., Node]) -> None:
+    node = make_node()
+    store = node.store
+    node.connect("u1", groups=("room",))
 
     # Loops come and go (asyncio.run, tests, threads); each must just work.
     for _ in range(3):
@@ -525,3 +1058,54 @@ def test_each_event_loop_gets_its_own_client(make_store: Callable[..., RedisStor
     # Clients of closed loops are let go of.
     assert asyncio.run(store.agroup_size("room")) == 1
     assert len(store._async) <= 1
+
+
+def _connected(client: redis.Redis) -> int:
+    """Clients connected to the test Redis (this one included)."""
+    count: int = client.info("clients")["connected_clients"]
+    return count
+
+
+def test_a_loop_that_ends_closes_its_client(
+    make_store: Callable[..., RedisStore], client: redis.Redis
+) -> None:
+    store = make_store()
+    before = _connected(client)
+
+    for _ in range(3):
+        assert asyncio.run(store.agroup_size("room")) == 0
+        # Its socket was closed before the loop was: none is left to the collector.
+        assert _connected(client) == before
+
+
+def test_a_sync_twin_on_a_loop_of_its_own_leaves_no_socket_open(
+    redis_url: str, key_prefix: str, client: redis.Redis
+) -> None:
+    from channels_presence import disconnect_user, sweep
+
+    caches = {"default": {"BACKEND": "django_redis.cache.RedisCache", "LOCATION": redis_url}}
+    with override_settings(CACHES=caches, CHANNELS_PRESENCE={"KEY_PREFIX": key_prefix}):
+        get_store().group_size("warm")  # the sync client's socket
+        before = _connected(client)
+        # async_to_sync runs these on a new loop each time (no loop runs here).
+        assert disconnect_user(1) == 0
+        assert sweep() == []
+        assert _connected(client) == before
+
+
+async def test_close_and_aclose_close_every_pooled_socket(
+    make_store: Callable[..., RedisStore], client: redis.Redis
+) -> None:
+    before = _connected(client)
+    store = make_store()
+    store.group_size("room")
+    await store.agroup_size("room")
+    assert _connected(client) == before + 2
+
+    await store.aclose()
+    assert _connected(client) == before
+
+    store.group_size("room")
+    assert _connected(client) == before + 1
+    store.close()
+    assert _connected(client) == before

@@ -3,31 +3,15 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from django.test import override_settings
 
 import channels_presence as presence
 from channels_presence.exceptions import StoreUnavailable
 from channels_presence.heartbeat import get_heartbeat
 from channels_presence.logs import store_failures
-from tests.redis_server import free_port
 from tests.test_consumers import closed_with, still_open
-
-
-@pytest.fixture
-def dead_redis(key_prefix: str) -> Iterator[None]:
-    """The presence cache points at a port where nothing listens."""
-    url = f"redis://127.0.0.1:{free_port()}/0"
-    with override_settings(
-        CACHES={"default": {"BACKEND": "django_redis.cache.RedisCache", "LOCATION": url}},
-        CHANNELS_PRESENCE={"KEY_PREFIX": key_prefix},
-    ):
-        store_failures.failures = 0
-        yield
-    store_failures.failures = 0
 
 
 def errors(caplog: Any) -> list[str]:

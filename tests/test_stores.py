@@ -8,6 +8,7 @@ a real Redis) and through both forms of each operation (``aconnect`` and
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -26,6 +27,11 @@ from channels_presence.stores.local import LocalStore
 UNLIMITED = SessionPolicy(max_sessions=None)
 ONE = SessionPolicy(max_sessions=1)
 TTL = 60.0
+#: The node (event loop) the tests' connections belong to, unless they say otherwise.
+NODE = "node1"
+_seq = itertools.count(1)
+#: The latest connection made under each channel name, for calls that name a channel.
+_made: dict[str, Connection] = {}
 
 
 def conn(
@@ -34,9 +40,22 @@ def conn(
     session: str | None = None,
     groups: tuple[str, ...] = (),
     meta: dict[str, Any] | None = None,
+    node: str = NODE,
 ) -> Connection:
     """A new connection as a consumer would hand it to the store."""
-    return Connection(channel, user, session, groups=groups, meta=meta)
+    made = Connection(
+        channel, user, session, groups=groups, meta=meta, conn_id=f"{node}.{next(_seq):x}"
+    )
+    _made[channel] = made
+    return made
+
+
+def known(channel: str) -> Connection:
+    """The connection last made under ``channel`` (a fresh one if none was)."""
+    return _made.get(channel) or conn(channel)
+
+
+_BY_CONNECTION = ("disconnect", "join", "leave", "set_meta")
 
 
 class Api:
@@ -53,13 +72,14 @@ class Api:
         self.wipe = wipe
 
     def __getattr__(self, name: str) -> Callable[..., Awaitable[Any]]:
-        if self.mode == "async":
-            method: Callable[..., Awaitable[Any]] = getattr(self.store, f"a{name}")
-            return method
-        sync = getattr(self.store, name)
+        method = getattr(self.store, f"a{name}" if self.mode == "async" else name)
 
         async def call(*args: Any) -> Any:
-            return sync(*args)
+            if name in _BY_CONNECTION and isinstance(args[0], str):
+                # Tests name connections by channel; the store takes the connection.
+                args = (known(args[0]), *args[1:])
+            result = method(*args)
+            return await result if self.mode == "async" else result
 
         return call
 
@@ -83,7 +103,7 @@ def _redis(key_prefix: str, ttl: float, request: pytest.FixtureRequest) -> tuple
 
     def wipe() -> None:
         with redis.Redis.from_url(url) as client:
-            keys = list(client.scan_iter(match=f"{key_prefix}:*", count=1000))
+            keys = list(client.scan_iter(match=f"{key_prefix}/*", count=1000))
             if keys:
                 client.delete(*keys)
 
@@ -241,6 +261,19 @@ async def test_group_sizes_reads_many_groups(store: Api) -> None:
     assert await store.groups() == {"a": 2, "b": 1}
 
 
+async def test_group_count_counts_the_groups_with_a_connection(store: Api) -> None:
+    assert await store.group_count() == 0
+    await store.connect(conn("c1", "u1", groups=("a", "b")), UNLIMITED)
+    await store.connect(conn("c2", "u2", groups=("a", "c")), UNLIMITED)
+    assert await store.group_count() == 3
+
+    await store.leave("c2", ("c",))
+    await store.disconnect("c1")
+    assert await store.group_count() == len(await store.groups()) == 1
+    await store.disconnect("c2")
+    assert await store.group_count() == 0
+
+
 # Disconnecting ---------------------------------------------------------------
 
 
@@ -382,7 +415,7 @@ async def test_reject_new_refuses_and_writes_nothing(store: Api) -> None:
 
     result = await store.connect(conn("c2", "u1", "s2", groups=("room", "new")), policy)
 
-    assert result == ConnectResult(accepted=False)
+    assert result == ConnectResult(accepted=False, refused="limit")
     after = (
         await store.user_connections("u1"),
         await store.group_members("room"),
@@ -464,37 +497,45 @@ async def test_disconnect_user_removes_every_connection(store: Api) -> None:
     assert await store.disconnect_user("nobody") == ()
 
 
-# Heartbeats --------------------------------------------------------------------
+# Heartbeats ------------------------------------------------------------------
 
 
 async def test_refresh_keeps_connections_and_reports_nothing(store: Api) -> None:
     c1 = conn("c1", groups=("room",))
     await store.connect(c1, UNLIMITED)
 
-    result = await store.refresh((c1,))
+    result = await store.refresh(NODE)
 
-    assert (result.closed, result.expired, result.restored) == ((), (), 0)
+    assert (result.closed, result.expired, result.lost, result.counted_out) == (
+        (),
+        (),
+        False,
+        False,
+    )
     assert await populations(store, "room") == (1, 1)
-    assert (await store.refresh(())).closed == ()
+    assert (await store.refresh(NODE)).closed == ()
 
 
 async def test_refresh_reports_connections_removed_elsewhere(store: Api) -> None:
     local = (conn("c1", "u1"), conn("c2", "u2"), conn("c3", "u3"))
     for c in local:
         await store.connect(c, UNLIMITED)
-    await store.connect(conn("c1-new", "u1"), ONE)  # evicts c1
-    await store.disconnect_user("u2")  # removes c2
+    await store.connect(conn("c1-new", "u1", node="node2"), ONE)  # evicts c1
+    await store.disconnect_user("u2", None, "kicked", 4005)  # removes c2
 
-    result = await store.refresh(local)
+    result = await store.refresh(NODE)
 
-    assert sorted(result.closed) == ["c1", "c2"]
-    assert result.restored == 0
-    # A heartbeat never brings them back.
+    assert sorted(result.closed) == sorted([local[0].conn_id, local[1].conn_id])
+    assert result.close_reasons[local[0].conn_id] == "superseded"
+    assert result.close_reasons[local[1].conn_id] == "kicked"
+    assert result.close_codes[local[1].conn_id] == 4005
+    # Told once: the next heartbeat has nothing more to say.
+    assert (await store.refresh(NODE)).closed == ()
     assert [c.channel_name for c in await store.user_connections("u1")] == ["c1-new"]
     assert await store.user_connections("u2") == ()
 
 
-async def test_refresh_restores_what_the_store_lost(store: Api) -> None:
+async def test_refresh_reports_a_lost_node_and_restore_writes_it_back(store: Api) -> None:
     local = (
         conn("c1", "u1", "s1", groups=("room",), meta={"x": 1}),
         conn("c2", "u2", groups=("room", "lobby")),
@@ -504,55 +545,76 @@ async def test_refresh_restores_what_the_store_lost(store: Api) -> None:
         await store.connect(c, UNLIMITED)
     store.wipe()
     assert await populations(store, "room") == (0, 0)
+    # A connect after the loss does not hide it from the heartbeat.
+    await store.connect(conn("c4", "u4"), UNLIMITED)
 
-    result = await store.refresh(local)
+    assert (await store.refresh(NODE)).lost is True
+    result = await store.restore(local, UNLIMITED)
 
-    assert result.restored == 3
-    assert result.closed == ()
+    assert (result.restored, result.refused) == (3, ())
     assert await populations(store, "room") == (3, 2)
     assert await populations(store, "lobby") == (1, 1)
     assert await store.groups() == {"lobby": 1, "room": 3}
     [c1] = await store.user_connections("u1")
     assert (c1.session, c1.meta, c1.groups) == ("s1", {"x": 1}, ("room",))
-    # Restored once; the next heartbeat finds them in place.
-    assert (await store.refresh(local)).restored == 0
+    # Written back once; the next heartbeat finds the node in place.
+    assert (await store.refresh(NODE)).lost is False
+    assert (await store.restore(local, UNLIMITED)).restored == 0
 
 
-async def test_refresh_does_not_write_back_past_the_session_limit(store: Api) -> None:
+async def test_restore_does_not_write_back_past_the_session_limit(store: Api) -> None:
     """After a flush, a connect that saw none of the user's older connections got in;
-    writing the older one back would exceed the limit, so it is closed instead."""
+    writing the older one back would exceed the limit, so it is refused instead."""
     older = conn("old", "u1", "s1", groups=("room",))
     await store.connect(older, ONE)
     store.wipe()
-    newer = await store.connect(conn("new", "u1", "s2", groups=("room",)), ONE)
+    newer = await store.connect(conn("new", "u1", "s2", groups=("room",), node="node2"), ONE)
     assert newer.accepted and newer.evicted == ()
 
-    result = await store.refresh((older,), ONE)
+    result = await store.restore((older,), ONE)
 
-    assert result.closed == ("old",)
-    assert result.close_reasons == {"old": "superseded"}
-    assert result.restored == 0
+    assert (result.restored, result.refused) == (0, (older.conn_id,))
     assert [c.channel_name for c in await store.user_connections("u1")] == ["new"]
     assert await populations(store, "room") == (1, 1)
     # Same session (session scope): a tab of the live session is written back.
     tab = conn("tab", "u1", "s2", groups=("room",))
     scoped = SessionPolicy(max_sessions=1, scope="session")
-    assert (await store.refresh((tab,), scoped)).restored == 1
+    assert (await store.restore((tab,), scoped)).restored == 1
+
+
+async def test_max_connections_per_user_refuses_past_the_limit(store: Api) -> None:
+    policy = SessionPolicy(max_sessions=None, max_connections=2)
+    for channel in ("c1", "c2"):
+        assert (await store.connect(conn(channel), policy)).accepted
+
+    refused = await store.connect(conn("c3", groups=("room",)), policy)
+
+    assert (refused.accepted, refused.refused) == (False, "connections")
+    assert await populations(store, "room") == (0, 0)
+    # Another user is not affected.
+    assert (await store.connect(conn("d1", "u2"), policy)).accepted
+
+
+async def test_retire_forgets_an_empty_node_only(store: Api) -> None:
+    c1 = conn("c1")
+    await store.connect(c1, UNLIMITED)
+    assert await store.retire(NODE) is False
+    await store.disconnect("c1")
+    assert await store.retire(NODE) is True
 
 
 # Expiry ----------------------------------------------------------------------
 
 
-async def test_expired_connections_are_swept_once(make_store: Callable[..., Any]) -> None:
+async def test_a_dead_nodes_connections_are_removed_once(make_store: Callable[..., Any]) -> None:
     store, _ = make_store(ttl=1)
-    await store.aconnect(conn("c1", "u1", groups=("room",)), UNLIMITED)
-    await store.aconnect(conn("c2", "u2", groups=("room",)), UNLIMITED)
-    kept = conn("c2", "u2", groups=("room",))
+    await store.aconnect(conn("c1", "u1", groups=("room",), node="gone"), UNLIMITED)
+    await store.aconnect(conn("c2", "u2", groups=("room",), node="kept"), UNLIMITED)
     await asyncio.sleep(0.6)
-    await store.arefresh((kept,))
+    await store.arefresh("kept")
     await asyncio.sleep(0.6)
 
-    # c1's time ran out; c2's heartbeat kept it.
+    # The node of c1 stopped beating; listings leave it out at once.
     assert await store.auser_connections("u1") == ()
     assert [m.user for m in await store.agroup_members("room")] == ["u2"]
 
@@ -563,18 +625,33 @@ async def test_expired_connections_are_swept_once(make_store: Callable[..., Any]
     assert await store.asweep() == ()
     assert await store.agroup_size("room") == 1
     assert await store.agroup_user_count("room") == 1
+    # The dead node comes back to life no more: it was counted out.
+    assert (await store.arefresh("gone")).counted_out is True
+    refused = await store.aconnect(conn("c3", "u3", node="gone"), UNLIMITED)
+    assert (refused.accepted, refused.refused) == (False, "counted_out")
     await store.aclose()
 
 
-async def test_heartbeat_sweeps_other_connections(make_store: Callable[..., Any]) -> None:
+async def test_heartbeat_removes_other_nodes_connections(make_store: Callable[..., Any]) -> None:
     store, _ = make_store(ttl=1)
-    await store.aconnect(conn("dead", "u1", groups=("room",)), UNLIMITED)
+    await store.aconnect(conn("dead", "u1", groups=("room",), node="gone"), UNLIMITED)
     await asyncio.sleep(1.1)
 
-    result = await store.arefresh((conn("mine", "u2"),))
+    result = await store.arefresh("mine")
 
     assert channels(result.expired) == ["dead"]
     assert result.expired[0].went_offline is True
-    assert result.restored == 1
-    assert (await store.arefresh(())).expired == ()
+    # A node the store never saw beat before: nothing to write back, but it says so.
+    assert result.lost is True
+    assert (await store.arefresh("mine")).expired == ()
+    await store.aclose()
+
+
+async def test_refresh_says_when_the_next_node_is_due(make_store: Callable[..., Any]) -> None:
+    store, _ = make_store(ttl=10)
+    await store.aconnect(conn("c1", node="other"), UNLIMITED)
+
+    result = await store.arefresh(NODE)
+
+    assert result.next_check is not None and 9 < result.next_check <= 10
     await store.aclose()

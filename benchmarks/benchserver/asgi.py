@@ -16,7 +16,10 @@ from django.urls import path  # noqa: E402
 from benchserver import consumers  # noqa: E402
 
 if settings.VARIANT == "presence":
+    from benchserver.heartbeats import count_heartbeats
     from channels_presence.middleware import PresenceMiddleware
+
+    count_heartbeats()
 
     websocket_app = AuthMiddlewareStack(
         PresenceMiddleware(URLRouter([path("ws/", consumers.PresenceConsumer.as_asgi())]))

@@ -25,6 +25,7 @@ from .base import (
     RefreshResult,
     SessionPolicy,
 )
+from .local import LocalStore
 
 __all__ = [
     "REDIS_BACKENDS",
@@ -38,6 +39,7 @@ __all__ = [
     "get_store",
     "is_redis_backend",
     "reset_store",
+    "session_policy",
 ]
 
 REDIS_BACKENDS = (
@@ -80,8 +82,6 @@ def _build() -> PresenceStore:
         from .redis import RedisStore
 
         return RedisStore.from_cache_config(config, conf)
-    from .local import LocalStore
-
     return LocalStore(conf.CACHE, prefix=conf.KEY_PREFIX, ttl=conf.TTL, grace=conf.LEAVE_GRACE)
 
 
@@ -97,15 +97,29 @@ def get_store() -> PresenceStore:
     return store
 
 
-def reset_store() -> None:
-    """Forget the current store; the next :func:`get_store` builds a new one.
+def session_policy() -> SessionPolicy:
+    """The session policy of the current settings, as the stores take it."""
+    conf = get_settings()
+    return SessionPolicy(
+        max_sessions=conf.MAX_SESSIONS,
+        scope=conf.SESSION_SCOPE,  # type: ignore[arg-type]
+        on_limit=conf.ON_LIMIT,  # type: ignore[arg-type]
+        max_connections=conf.MAX_CONNECTIONS_PER_USER,
+        close_code=conf.CLOSE_CODE,
+    )
 
-    Connections the old store held are not closed here (that may need an
-    event loop); a Redis client closes its sockets when collected.
+
+def reset_store() -> None:
+    """Forget the current store and close it; the next :func:`get_store` builds a new one.
+
+    Its clients are closed at once where that needs no wait (the sync one,
+    those of other running loops); one of the running loop is closed by a task.
     """
     global _store
     with _lock:
-        _store = None
+        old, _store = _store, None
+    if old is not None:
+        old.close()
 
 
 @receiver(setting_changed)

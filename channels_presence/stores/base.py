@@ -1,9 +1,12 @@
 """The protocol every presence store implements, and the records it passes.
 
-A store keeps the presence state: which connection (a channel name) belongs
-to which user and Django session, which groups it is in, and until when it
-counts as alive. It knows nothing about consumers or the channel layer: the
-caller closes evicted connections and discards expired ones from layer groups.
+A store keeps the presence state: which connection belongs to which user and
+Django session, and which groups it is in. Liveness is per node (one event
+loop of one server process), not per connection: each node's heartbeat keeps
+all of its connections alive with one small write, and when a node stops
+beating, the others remove its connections in bounded batches. The store
+knows nothing about consumers or the channel layer: the caller closes evicted
+connections and discards expired ones from layer groups.
 
 Departures are announced after a grace period (``LEAVE_GRACE``): the store
 records each user's pending "left"/"offline", a reconnect within the grace
@@ -23,6 +26,10 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
 
 SessionScope = Literal["user", "session"]
+
+#: How long a logout's fence refuses connects: long enough for any connect
+#: that was in flight (a slow hook, a retrying client) to reach the store.
+FENCE_SECONDS = 300
 OnLimit = Literal["close_oldest", "reject_new"]
 
 
@@ -40,6 +47,17 @@ class Connection:
     groups: tuple[str, ...] = ()
     #: Small JSON-serialisable data attached by the consumer.
     meta: dict[str, Any] | None = None
+    #: The store's short id of the connection: ``"<node>.<seq>"``, given by
+    #: the heartbeat of the event loop (the node) that keeps it alive.
+    conn_id: str = ""
+    #: When the socket's request reached presence (seconds since the epoch, on
+    #: the server's clock); a logout after it fences it out. 0: unknown.
+    opened_at: float = 0.0
+
+    @property
+    def node(self) -> str:
+        """The node (one event loop of one server process) holding the connection."""
+        return self.conn_id.partition(".")[0]
 
     @property
     def session_id(self) -> str:
@@ -58,6 +76,10 @@ class SessionPolicy:
     max_sessions: int | None = 1
     scope: SessionScope = "user"
     on_limit: OnLimit = "close_oldest"
+    #: Connections one user may hold at once, whatever their sessions.
+    max_connections: int | None = None
+    #: The close code the evicted are told to close with.
+    close_code: int = 4001
 
 
 @dataclass(frozen=True)
@@ -80,7 +102,7 @@ class Departure:
 class ConnectResult:
     """The outcome of recording a new connection."""
 
-    #: ``False`` when ``reject_new`` refused it; nothing was written then.
+    #: ``False`` when a limit refused it; nothing was written then.
     accepted: bool
     #: Older connections removed to make room. The caller must close them.
     evicted: tuple[Departure, ...] = ()
@@ -91,6 +113,11 @@ class ConnectResult:
     user_joined: tuple[str, ...] = ()
     #: When the store recorded the connection, on the store's clock.
     connected_at: float = 0.0
+    #: Why it was refused: ``"limit"`` (``reject_new``), ``"connections"``
+    #: (``MAX_CONNECTIONS_PER_USER``), ``"logged_out"`` (its session, or its
+    #: user, logged out while it was connecting) or ``"counted_out"`` (its
+    #: node missed its heartbeats and was removed: the node must start afresh).
+    refused: str = ""
 
 
 @dataclass(frozen=True)
@@ -106,21 +133,41 @@ class Absence:
 
 @dataclass(frozen=True)
 class RefreshResult:
-    """What a heartbeat learnt from the store."""
+    """What a node's heartbeat learnt from the store."""
 
-    #: Local connections the store no longer wants (evicted or disconnected
-    #: from elsewhere while their close message was in flight). Close them.
+    #: Local connections removed by someone else (evicted, ``disconnect_user``,
+    #: a logout): close them, whether or not their close message arrived.
     closed: tuple[str, ...] = ()
-    #: Why each of ``closed`` was removed: ``"superseded"``, ``"kicked"``,
-    #: ``"expired"`` or ``"disconnected"``.
+    #: Why each of ``closed`` was removed: ``"superseded"``, ``"kicked"``, ...
     close_reasons: dict[str, str] = field(default_factory=dict)
-    #: Connections of any process whose time ran out, now swept. Discard
-    #: them from their channel-layer groups.
+    #: The close code asked for each of ``closed``.
+    close_codes: dict[str, int] = field(default_factory=dict)
+    #: Connections of dead nodes removed by this call. Discard them from
+    #: their channel-layer groups and announce them.
     expired: tuple[Departure, ...] = ()
-    #: Local connections that were missing (store flushed) and were written again.
-    restored: int = 0
     #: Departures whose grace ran out, claimed by this call (exactly once overall).
     settled: tuple[Absence, ...] = ()
+    #: The store had no record of this node (flushed, restarted empty), or an
+    #: older one (restored from a snapshot): reset it and write its
+    #: connections back with :meth:`PresenceStore.arestore`.
+    lost: bool = False
+    #: The node missed its heartbeats and was counted out: its connections
+    #: are gone from the store. Close them; start a new node.
+    counted_out: bool = False
+    #: Dead nodes, removals or departures are left over: beat again soon.
+    more: bool = False
+    #: Seconds until another node's deadline passes (``None``: no other node).
+    next_check: float | None = None
+
+
+@dataclass(frozen=True)
+class RestoreResult:
+    """What writing a node's connections back achieved."""
+
+    restored: int = 0
+    #: Connections not written back: their user is at a limit now (a connect
+    #: that landed after the loss took the place). Close them as superseded.
+    refused: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -138,64 +185,111 @@ class PresenceStore(Protocol):
     # Writes ---------------------------------------------------------------
 
     async def aconnect(self, connection: Connection, policy: SessionPolicy) -> ConnectResult:
-        """Record ``connection``, apply ``policy`` and join its groups, atomically."""
+        """Record ``connection``, apply ``policy`` and join its groups, atomically.
+
+        ``connection.conn_id`` names it from here on; its node is kept alive
+        by :meth:`arefresh`.
+        """
         ...
 
     def connect(self, connection: Connection, policy: SessionPolicy) -> ConnectResult: ...
 
-    async def adisconnect(self, channel_name: str) -> Departure | None:
+    async def adisconnect(self, connection: Connection) -> Departure | None:
         """Remove a connection from everything; ``None`` if it was not there."""
         ...
 
-    def disconnect(self, channel_name: str) -> Departure | None: ...
+    def disconnect(self, connection: Connection) -> Departure | None: ...
 
-    async def ajoin(self, channel_name: str, groups: tuple[str, ...]) -> tuple[str, ...]:
+    async def ajoin(self, connection: Connection, groups: tuple[str, ...]) -> tuple[str, ...]:
         """Add a recorded connection to groups; return those the user newly joined."""
         ...
 
-    def join(self, channel_name: str, groups: tuple[str, ...]) -> tuple[str, ...]: ...
+    def join(self, connection: Connection, groups: tuple[str, ...]) -> tuple[str, ...]: ...
 
-    async def aleave(self, channel_name: str, groups: tuple[str, ...]) -> tuple[str, ...]:
+    async def aleave(self, connection: Connection, groups: tuple[str, ...]) -> tuple[str, ...]:
         """Remove a connection from groups; return those the user no longer is in."""
         ...
 
-    def leave(self, channel_name: str, groups: tuple[str, ...]) -> tuple[str, ...]: ...
+    def leave(self, connection: Connection, groups: tuple[str, ...]) -> tuple[str, ...]: ...
 
-    async def aset_meta(self, channel_name: str, meta: dict[str, Any] | None) -> bool:
+    async def aset_meta(self, connection: Connection, meta: dict[str, Any] | None) -> bool:
         """Replace a connection's metadata; ``False`` if it is not recorded."""
         ...
 
-    def set_meta(self, channel_name: str, meta: dict[str, Any] | None) -> bool: ...
+    def set_meta(self, connection: Connection, meta: dict[str, Any] | None) -> bool: ...
 
-    async def arefresh(
-        self, connections: tuple[Connection, ...], policy: SessionPolicy | None = None
-    ) -> RefreshResult:
-        """Keep this process's connections alive, in one round trip.
+    async def arefresh(self, node: str) -> RefreshResult:
+        """Keep ``node`` alive for another TTL: one small write, whatever it holds.
 
-        Re-writes any that are missing (unless that would take their user
-        past ``policy``'s limit: those are reported closed as superseded),
-        reports those that must close, and sweeps a bounded batch of expired
-        entries of any process.
+        Also hands over the node's connections removed by others, removes a
+        bounded batch of dead nodes' connections and claims due departures.
         """
         ...
 
-    def refresh(
-        self, connections: tuple[Connection, ...], policy: SessionPolicy | None = None
-    ) -> RefreshResult: ...
+    def refresh(self, node: str) -> RefreshResult: ...
+
+    async def arestore(
+        self, connections: tuple[Connection, ...], policy: SessionPolicy
+    ) -> RestoreResult:
+        """Write back connections the store lost, under ``policy``'s limits.
+
+        The caller passes a bounded batch; connections already recorded are left as they are.
+        """
+        ...
+
+    def restore(
+        self, connections: tuple[Connection, ...], policy: SessionPolicy
+    ) -> RestoreResult: ...
+
+    async def areset(self, node: str) -> None:
+        """Remove ``node``'s own connections without announcing anything.
+
+        Before its heartbeat writes them back after the store lost or rewound
+        them: what the store holds of the node may be older than the truth
+        (a restore from a snapshot), and the node holds the truth.
+        """
+        ...
+
+    def reset(self, node: str) -> None: ...
+
+    async def aretire(self, node: str) -> bool:
+        """Forget a node that stops with no connection left; ``False`` if it still has some."""
+        ...
+
+    def retire(self, node: str) -> bool: ...
+
+    async def afence(self, user: str, session: str | None = None) -> None:
+        """Refuse the connects a logout must stop, for ``FENCE_SECONDS``.
+
+        With ``session``, any connect of that Django session key; without, any
+        connect of ``user`` whose socket opened before now. Connects already
+        in flight when the logout came are refused (``refused="logged_out"``).
+        """
+        ...
+
+    def fence(self, user: str, session: str | None = None) -> None: ...
 
     async def adisconnect_user(
-        self, user: str, session: str | None = None, reason: str = "kicked"
+        self,
+        user: str,
+        session: str | None = None,
+        reason: str = "kicked",
+        code: int | None = None,
     ) -> tuple[Departure, ...]:
         """Remove every connection of ``user`` (of one Django session, if given).
 
-        The caller tells them to close; tombstones that remember ``reason``
-        keep heartbeats from writing them back meanwhile, and close them
-        should the caller's message be lost.
+        The caller tells them to close; each one's node also learns of it at
+        its next heartbeat (with ``reason`` and ``code``), should the
+        caller's message be lost. Works in bounded batches.
         """
         ...
 
     def disconnect_user(
-        self, user: str, session: str | None = None, reason: str = "kicked"
+        self,
+        user: str,
+        session: str | None = None,
+        reason: str = "kicked",
+        code: int | None = None,
     ) -> tuple[Departure, ...]: ...
 
     async def asettle(self) -> tuple[Absence, ...]:
@@ -209,7 +303,7 @@ class PresenceStore(Protocol):
     def settle(self) -> tuple[Absence, ...]: ...
 
     async def asweep(self) -> tuple[Departure, ...]:
-        """Remove every expired entry now; return what was removed."""
+        """Remove every connection of every dead node now, in batches; return them."""
         ...
 
     def sweep(self) -> tuple[Departure, ...]: ...
@@ -257,6 +351,12 @@ class PresenceStore(Protocol):
         ...
 
     def groups(self) -> dict[str, int]: ...
+
+    async def agroup_count(self) -> int:
+        """How many groups have a connection: one O(1) read."""
+        ...
+
+    def group_count(self) -> int: ...
 
     async def aclose(self) -> None:
         """Release connections held by this store."""

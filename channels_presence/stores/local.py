@@ -6,18 +6,19 @@ counts have keys of their own, so a read is one small ``get``.
 
 The state uses a handful of keys, plus three per group:
 
-``P:conns``        channel -> record (user, session, connected_at, groups, meta, deadline)
+``P:conns``        channel -> record (user, session, connected_at, groups, meta, conn id)
 ``P:users``        user -> {channel: connected_at}
 ``P:groups``       group -> live connections (the registry behind ``groups()``)
-``P:gone``         channel -> until when a removed channel must not come back
+``P:nodes``        node -> deadline: a node's connections live while it beats
+``P:dead``         node -> until when a node counted out must not come back
+``P:inbox``        node -> its connections removed by others, for its heartbeat
 ``P:g:<group>``    channel -> user (``None`` for anonymous)
 ``P:gu:<group>``   user -> connections of that user in the group
 ``P:gn:<group>``   [connections, users]
 
-A local-memory cache may cull keys when it is full; each heartbeat re-writes
-whatever is missing for the live connections, so counts heal within one
-``HEARTBEAT``. Expired entries (a process sharing a non-Redis cache died) are
-swept on the heartbeat too.
+Liveness is per node, as in the Redis store: a heartbeat moves its node's
+deadline, and the connections of a node past its deadline (a process sharing
+a non-Redis cache died) are removed by the next heartbeat of another.
 """
 
 from __future__ import annotations
@@ -27,17 +28,22 @@ import re
 import threading
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import replace
 from typing import Any, TypeVar
 
+from asgiref.sync import sync_to_async
 from django.core.cache import caches
+from django.core.cache.backends.locmem import LocMemCache
 
 from .base import (
+    FENCE_SECONDS,
     Absence,
     Connection,
     ConnectResult,
     Departure,
     GroupMember,
     RefreshResult,
+    RestoreResult,
     SessionPolicy,
 )
 
@@ -110,6 +116,8 @@ class LocalStore:
         self.prefix = prefix
         self.ttl = float(ttl)
         self.grace = float(grace)
+        #: Nodes this store recorded a connection of (a first connect marks a node live).
+        self._known_nodes: set[str] = set()
 
     def __repr__(self) -> str:
         return f"LocalStore(cache={self.cache_alias!r}, prefix={self.prefix!r})"
@@ -129,8 +137,24 @@ class LocalStore:
         return f"{self.prefix}:groups"
 
     @property
-    def _gone(self) -> str:
-        return f"{self.prefix}:gone"
+    def _nodes(self) -> str:
+        return f"{self.prefix}:nodes"
+
+    @property
+    def _live(self) -> str:
+        return f"{self.prefix}:live"
+
+    @property
+    def _dead(self) -> str:
+        return f"{self.prefix}:dead"
+
+    @property
+    def _inbox(self) -> str:
+        return f"{self.prefix}:inbox"
+
+    @property
+    def _fences(self) -> str:
+        return f"{self.prefix}:fences"
 
     @property
     def _pending(self) -> str:
@@ -146,23 +170,31 @@ class LocalStore:
         return f"{self.prefix}:gn:{_part(group)}"
 
     def _base_keys(self) -> list[str]:
-        return [self._conns, self._users, self._registry, self._gone, self._pending]
+        return [
+            self._conns,
+            self._users,
+            self._registry,
+            self._pending,
+            self._nodes,
+            self._dead,
+            self._live,
+            self._inbox,
+        ]
 
     def _group_keys(self, groups: Iterable[str]) -> list[str]:
         return [k for g in groups for k in (self._g(g), self._gu(g), self._gn(g))]
 
     # Building blocks (called under the lock) ------------------------------------
 
-    def _live(self, state: _State, now: float) -> dict[str, dict[str, Any]]:
-        conns: dict[str, dict[str, Any]] = state.get(self._conns, dict)
-        return {ch: rec for ch, rec in conns.items() if rec["d"] > now}
+    def _alive(self, state: _State, rec: dict[str, Any], now: float) -> bool:
+        nodes: dict[str, float] = state.get(self._nodes, dict)
+        return nodes.get(_node(rec["n"]), 0.0) > now
 
-    def _user_live_channels(self, state: _State, user: str, now: float) -> list[str]:
+    def _user_channels(self, state: _State, user: str) -> list[str]:
+        """The user's recorded channels, oldest first."""
         users: dict[str, dict[str, float]] = state.get(self._users, dict)
-        conns: dict[str, dict[str, Any]] = state.get(self._conns, dict)
         mine = users.get(user, {})
-        live = [ch for ch in mine if ch in conns and conns[ch]["d"] > now]
-        return sorted(live, key=lambda ch: (mine[ch], ch))
+        return sorted(mine, key=lambda ch: (mine[ch], ch))
 
     def _add_to_group(self, state: _State, channel: str, user: str | None, group: str) -> bool:
         """Add one membership; return True if the user is new in the group."""
@@ -229,9 +261,30 @@ class LocalStore:
             del pending[item]
         if due:
             state.mark(self._pending)
-        return tuple(Absence(user, group or None) for group, user in sorted(due))
+        users: dict[str, dict[str, float]] = state.get(self._users, dict)
+        out = []
+        for group, user in sorted(due):
+            back = user in state.get(self._gu(group), dict) if group else bool(users.get(user))
+            if not back:
+                out.append(Absence(user, group or None))
+        return tuple(out)
 
-    def _record(self, state: _State, conn: Connection, deadline: float) -> tuple[str, ...]:
+    def _register(self, state: _State, node: str, now: float, live: bool = False) -> None:
+        """Give ``node`` a deadline if it has none; ``live`` marks it as beating.
+
+        A node with a deadline but no mark was rebuilt by connects after the
+        store lost it: its heartbeat writes its connections back.
+        """
+        nodes: dict[str, float] = state.get(self._nodes, dict)
+        if node not in nodes:
+            nodes[node] = now + self.ttl
+            state.mark(self._nodes)
+        if live:
+            beating: dict[str, bool] = state.get(self._live, dict)
+            beating[node] = True
+            state.mark(self._live)
+
+    def _record(self, state: _State, conn: Connection) -> tuple[str, ...]:
         """Write a connection and its groups; return groups the user newly joined."""
         conns: dict[str, dict[str, Any]] = state.get(self._conns, dict)
         conns[conn.channel_name] = {
@@ -240,7 +293,7 @@ class LocalStore:
             "t": conn.connected_at,
             "g": list(conn.groups),
             "m": conn.meta,
-            "d": deadline,
+            "n": conn.conn_id,
         }
         state.mark(self._conns)
         if conn.user is not None:
@@ -251,7 +304,14 @@ class LocalStore:
             g for g in conn.groups if self._add_to_group(state, conn.channel_name, conn.user, g)
         )
 
-    def _remove(self, state: _State, channel: str, now: float) -> Departure | None:
+    def _remove(
+        self,
+        state: _State,
+        channel: str,
+        now: float,
+        why: str | None = None,
+        code: int | None = None,
+    ) -> Departure | None:
         conns: dict[str, dict[str, Any]] = state.get(self._conns, dict)
         rec = conns.pop(channel, None)
         if rec is None:
@@ -267,21 +327,65 @@ class LocalStore:
             if not mine:
                 users.pop(user, None)
             state.mark(self._users)
-            offline = not self._user_live_channels(state, user, now)
+            offline = not mine
             for group in left:
                 self._mark_absent(state, user, group, now)
             if offline:
                 self._mark_absent(state, user, None, now)
+        if why is not None:
+            # Its node's heartbeat closes it, should the caller's message be lost.
+            inbox: dict[str, list[tuple[str, str, int | None]]] = state.get(self._inbox, dict)
+            inbox.setdefault(_node(rec["n"]), []).append((rec["n"], why, code))
+            state.mark(self._inbox)
         return Departure(_to_connection(channel, rec), user_left=left, went_offline=offline)
 
-    def _tombstone(self, state: _State, channels: Iterable[str], now: float, reason: str) -> None:
-        gone: dict[str, tuple[float, str]] = state.get(self._gone, dict)
-        for ch in channels:
-            gone[ch] = (now + 2 * self.ttl, reason)
-        for ch, (until, _) in list(gone.items()):
-            if until <= now:
-                del gone[ch]
-        state.mark(self._gone)
+    def _reap(self, state: _State, now: float, budget: int) -> tuple[tuple[Departure, ...], bool]:
+        """Remove the connections of nodes whose deadline passed, up to ``budget``."""
+        nodes: dict[str, float] = state.get(self._nodes, dict)
+        dead_nodes = {n for n, at in nodes.items() if at <= now}
+        if not dead_nodes:
+            return (), False
+        conns: dict[str, dict[str, Any]] = state.get(self._conns, dict)
+        due = [ch for ch, rec in conns.items() if _node(rec["n"]) in dead_nodes]
+        departures = self._remove_all(state, due[:budget], now)
+        if len(due) <= budget:
+            dead: dict[str, float] = state.get(self._dead, dict)
+            beating: dict[str, bool] = state.get(self._live, dict)
+            for node in dead_nodes:
+                del nodes[node]
+                beating.pop(node, None)
+                dead[node] = now + 10 * self.ttl
+            state.mark(self._live)
+            state.mark(self._nodes)
+            state.mark(self._dead)
+        return departures, len(due) > budget
+
+    def _fenced(self, state: _State, conn: Connection, now: float) -> bool:
+        fences: dict[str, dict[str, float]] = state.get(self._fences, dict)
+        mine = {k: v for k, v in fences.get(str(conn.user), {}).items() if v > now}
+        if conn.session is not None and f"s:{conn.session}" in mine:
+            return True
+        until = mine.get("*")
+        # "*" holds until when it refuses: the logout came FENCE_SECONDS before.
+        return (
+            until is not None and bool(conn.opened_at) and conn.opened_at <= until - FENCE_SECONDS
+        )
+
+    def fence(self, user: str, session: str | None = None) -> None:
+        def op() -> None:
+            now = time.time()
+            state = _State(self, [self._fences])
+            fences: dict[str, dict[str, float]] = state.get(self._fences, dict)
+            mine = {k: v for k, v in fences.get(user, {}).items() if v > now}
+            mine[f"s:{session}" if session is not None else "*"] = now + FENCE_SECONDS
+            fences[user] = mine
+            state.mark(self._fences)
+            state.save()
+
+        self._run(op)
+
+    async def afence(self, user: str, session: str | None = None) -> None:
+        await self._async(self.fence, user, session)
 
     def _run(self, fn: Callable[[], T]) -> T:
         with _LOCK:
@@ -294,21 +398,35 @@ class LocalStore:
             now = time.time()
             conn = connection
             if not conn.connected_at:
-                conn = _replace_time(conn, now)
+                conn = replace(conn, connected_at=now)
             state = _State(self, self._base_keys() + self._group_keys(conn.groups))
+            dead: dict[str, float] = state.get(self._dead, dict)
+            if dead.get(conn.node, 0.0) > now:
+                return ConnectResult(accepted=False, refused="counted_out")
+            if conn.user is not None and self._fenced(state, conn, now):
+                return ConnectResult(accepted=False, refused="logged_out")
             evict: list[str] = []
             came_online = True
             if conn.user is not None:
-                live = self._user_live_channels(state, conn.user, now)
-                came_online = not live
-                evict = self._over_limit(state, conn, live, policy)
+                mine = [
+                    ch for ch in self._user_channels(state, conn.user) if ch != conn.channel_name
+                ]
+                came_online = not mine
+                evict = self._over_limit(state, conn, mine, policy)
                 if evict and policy.on_limit == "reject_new":
-                    return ConnectResult(accepted=False)
+                    return ConnectResult(accepted=False, refused="limit")
+                limit = policy.max_connections
+                if limit is not None and len(mine) - len(evict) >= limit:
+                    return ConnectResult(accepted=False, refused="connections")
             if conn.channel_name in state.get(self._conns, dict):
                 self._remove(state, conn.channel_name, now)
-            joined = self._record(state, conn, now + self.ttl)
-            evicted = [self._remove(state, ch, now) for ch in evict]
-            self._tombstone(state, evict, now, "superseded")
+            fresh = conn.node not in self._known_nodes
+            self._known_nodes.add(conn.node)
+            self._register(state, conn.node, now, live=fresh)
+            joined = self._record(state, conn)
+            evicted = [
+                self._remove(state, ch, now, "superseded", policy.close_code) for ch in evict
+            ]
             if conn.user is not None:
                 # Back within the grace: the departure is cancelled, not announced.
                 if came_online and self._back_in_time(state, conn.user, None):
@@ -326,41 +444,38 @@ class LocalStore:
         return self._run(op)
 
     def _over_limit(
-        self, state: _State, conn: Connection, live: list[str], policy: SessionPolicy
+        self, state: _State, conn: Connection, mine: list[str], policy: SessionPolicy
     ) -> list[str]:
         """Channels to remove so that ``conn`` fits the policy, oldest session first."""
         if policy.max_sessions is None:
             return []
         conns: dict[str, dict[str, Any]] = state.get(self._conns, dict)
         sessions: dict[str, list[str]] = {}
-        for ch in live:
-            if ch == conn.channel_name:
-                continue
+        for ch in mine:
             rec = conns[ch]
             sid = ch if policy.scope == "user" else (rec["s"] or f"channel:{ch}")
             sessions.setdefault(sid, []).append(ch)
         new_sid = conn.channel_name if policy.scope == "user" else conn.session_id
         if new_sid in sessions:
             return []
-        # ``live`` is oldest first, so dict order is the order sessions began.
+        # ``mine`` is oldest first, so dict order is the order sessions began.
         excess = len(sessions) + 1 - policy.max_sessions
         if excess <= 0:
             return []
         return [ch for sid in list(sessions)[:excess] for ch in sessions[sid]]
 
-    def disconnect(self, channel_name: str) -> Departure | None:
+    def disconnect(self, connection: Connection) -> Departure | None:
         def op() -> Departure | None:
-            now = time.time()
             state = _State(self, self._base_keys())
-            departure = self._remove(state, channel_name, now)
-            # A heartbeat already holding this connection must not write it back.
-            self._tombstone(state, [channel_name], now, "disconnected")
+            departure = self._remove(state, connection.channel_name, time.time())
             state.save()
             return departure
 
         return self._run(op)
 
-    def join(self, channel_name: str, groups: tuple[str, ...]) -> tuple[str, ...]:
+    def join(self, connection: Connection, groups: tuple[str, ...]) -> tuple[str, ...]:
+        channel_name = connection.channel_name
+
         def op() -> tuple[str, ...]:
             state = _State(self, self._base_keys() + self._group_keys(groups))
             conns: dict[str, dict[str, Any]] = state.get(self._conns, dict)
@@ -380,7 +495,9 @@ class LocalStore:
 
         return self._run(op)
 
-    def leave(self, channel_name: str, groups: tuple[str, ...]) -> tuple[str, ...]:
+    def leave(self, connection: Connection, groups: tuple[str, ...]) -> tuple[str, ...]:
+        channel_name = connection.channel_name
+
         def op() -> tuple[str, ...]:
             state = _State(self, self._base_keys() + self._group_keys(groups))
             conns: dict[str, dict[str, Any]] = state.get(self._conns, dict)
@@ -401,95 +518,142 @@ class LocalStore:
 
         return self._run(op)
 
-    def set_meta(self, channel_name: str, meta: dict[str, Any] | None) -> bool:
+    def set_meta(self, connection: Connection, meta: dict[str, Any] | None) -> bool:
         def op() -> bool:
             state = _State(self, [self._conns])
             conns: dict[str, dict[str, Any]] = state.get(self._conns, dict)
-            if channel_name not in conns:
+            if connection.channel_name not in conns:
                 return False
-            conns[channel_name]["m"] = meta
+            conns[connection.channel_name]["m"] = meta
             state.mark(self._conns)
             state.save()
             return True
 
         return self._run(op)
 
-    def refresh(
-        self, connections: tuple[Connection, ...], policy: SessionPolicy | None = None
-    ) -> RefreshResult:
+    def refresh(self, node: str) -> RefreshResult:
         def op() -> RefreshResult:
             now = time.time()
-            groups = {g for c in connections for g in c.groups}
-            state = _State(self, self._base_keys() + self._group_keys(groups))
-            gone: dict[str, tuple[float, str]] = state.get(self._gone, dict)
-            conns: dict[str, dict[str, Any]] = state.get(self._conns, dict)
-            closed: dict[str, str] = {}
-            restored = 0
-            for conn in connections:
-                ch = conn.channel_name
-                until, reason = gone.get(ch, (0.0, ""))
-                if until > now:
-                    closed[ch] = reason
-                    continue
-                rec = conns.get(ch)
-                if rec is None:
-                    live = (
-                        [] if conn.user is None else self._user_live_channels(state, conn.user, now)
-                    )
-                    if policy is not None and self._over_limit(state, conn, live, policy):
-                        closed[ch] = "superseded"
-                    else:
-                        self._record(state, conn, now + self.ttl)
-                        restored += 1
-                    continue
-                rec["d"] = now + self.ttl
-                state.mark(self._conns)
-                # A culled group key loses members: put this one back.
-                healed = [g for g in rec["g"] if ch not in state.get(self._g(g), dict)]
-                for g in healed:
-                    self._add_to_group(state, ch, rec["u"], g)
-                users: dict[str, dict[str, float]] = state.get(self._users, dict)
-                if conn.user is not None and ch not in users.get(conn.user, {}):
-                    users.setdefault(conn.user, {})[ch] = rec["t"]
-                    state.mark(self._users)
-            local = {c.channel_name for c in connections}
-            expired = [ch for ch, rec in conns.items() if rec["d"] <= now and ch not in local][
-                :SWEEP_BATCH
-            ]
-            departures = self._remove_all(state, expired, now)
+            state = _State(self, self._base_keys())
+            dead: dict[str, float] = state.get(self._dead, dict)
+            if dead.get(node, 0.0) > now:
+                return RefreshResult(counted_out=True)
+            nodes: dict[str, float] = state.get(self._nodes, dict)
+            beating: dict[str, bool] = state.get(self._live, dict)
+            lost = node not in beating
+            beating[node] = True
+            nodes[node] = now + self.ttl
+            state.mark(self._nodes)
+            state.mark(self._live)
+            inbox: dict[str, list[tuple[str, str, int | None]]] = state.get(self._inbox, dict)
+            notices = inbox.pop(node, [])
+            if notices:
+                state.mark(self._inbox)
+            expired, more = self._reap(state, now, SWEEP_BATCH)
             settled = self._settle(state, now)
+            others = [at for n, at in nodes.items() if n != node]
             state.save()
             return RefreshResult(
-                closed=tuple(closed),
-                close_reasons=closed,
-                expired=departures,
-                restored=restored,
+                closed=tuple(cid for cid, _, _ in notices),
+                close_reasons={cid: why for cid, why, _ in notices},
+                close_codes={cid: code for cid, _, code in notices if code is not None},
+                expired=expired,
                 settled=settled,
+                lost=lost,
+                more=more,
+                next_check=max(0.0, min(others) - now) if others else None,
             )
 
         return self._run(op)
 
-    def _remove_all(self, state: _State, channels: list[str], now: float) -> tuple[Departure, ...]:
+    def restore(self, connections: tuple[Connection, ...], policy: SessionPolicy) -> RestoreResult:
+        def op() -> RestoreResult:
+            now = time.time()
+            groups = {g for c in connections for g in c.groups}
+            state = _State(self, self._base_keys() + self._group_keys(groups))
+            conns: dict[str, dict[str, Any]] = state.get(self._conns, dict)
+            restored, refused = 0, []
+            for conn in connections:
+                if conn.channel_name in conns:
+                    continue
+                self._register(state, conn.node, now, live=True)
+                mine = [] if conn.user is None else self._user_channels(state, conn.user)
+                limit = policy.max_connections
+                if self._over_limit(state, conn, mine, policy) or (
+                    limit is not None and len(mine) >= limit
+                ):
+                    refused.append(conn.conn_id)
+                    continue
+                self._record(state, conn)
+                restored += 1
+            state.save()
+            return RestoreResult(restored=restored, refused=tuple(refused))
+
+        return self._run(op)
+
+    def reset(self, node: str) -> None:
+        def op() -> None:
+            state = _State(self, self._base_keys())
+            conns: dict[str, dict[str, Any]] = state.get(self._conns, dict)
+            mine = [ch for ch, rec in conns.items() if _node(rec["n"]) == node]
+            self._remove_all(state, mine, time.time())
+            state.save()
+
+        self._run(op)
+
+    async def areset(self, node: str) -> None:
+        await self._async(self.reset, node)
+
+    def retire(self, node: str) -> bool:
+        def op() -> bool:
+            state = _State(self, self._base_keys())
+            conns: dict[str, dict[str, Any]] = state.get(self._conns, dict)
+            if any(_node(rec["n"]) == node for rec in conns.values()):
+                return False
+            nodes: dict[str, float] = state.get(self._nodes, dict)
+            inbox: dict[str, list[Any]] = state.get(self._inbox, dict)
+            beating: dict[str, bool] = state.get(self._live, dict)
+            nodes.pop(node, None)
+            inbox.pop(node, None)
+            beating.pop(node, None)
+            state.mark(self._live)
+            state.mark(self._nodes)
+            state.mark(self._inbox)
+            state.save()
+            return True
+
+        return self._run(op)
+
+    def _remove_all(
+        self,
+        state: _State,
+        channels: list[str],
+        now: float,
+        why: str | None = None,
+        code: int | None = None,
+    ) -> tuple[Departure, ...]:
         conns: dict[str, dict[str, Any]] = state.get(self._conns, dict)
         groups = {g for ch in channels for g in conns.get(ch, {}).get("g", ())}
         for key in self._group_keys(groups):
             state.get(key, dict)
-        removed = (self._remove(state, ch, now) for ch in channels)
+        removed = (self._remove(state, ch, now, why, code) for ch in channels)
         return tuple(d for d in removed if d is not None)
 
     def disconnect_user(
-        self, user: str, session: str | None = None, reason: str = "kicked"
+        self,
+        user: str,
+        session: str | None = None,
+        reason: str = "kicked",
+        code: int | None = None,
     ) -> tuple[Departure, ...]:
         def op() -> tuple[Departure, ...]:
             now = time.time()
             state = _State(self, self._base_keys())
-            users: dict[str, dict[str, float]] = state.get(self._users, dict)
             conns: dict[str, dict[str, Any]] = state.get(self._conns, dict)
-            channels = sorted(users.get(user, {}), key=lambda ch: users[user][ch])
+            channels = self._user_channels(state, user)
             if session is not None:
                 channels = [ch for ch in channels if conns.get(ch, {}).get("s") == session]
-            departures = self._remove_all(state, channels, now)
-            self._tombstone(state, channels, now, reason)
+            departures = self._remove_all(state, channels, now, reason, code)
             state.save()
             return departures
 
@@ -497,7 +661,7 @@ class LocalStore:
 
     def settle(self) -> tuple[Absence, ...]:
         def op() -> tuple[Absence, ...]:
-            state = _State(self, [self._pending])
+            state = _State(self, [self._pending, self._users])
             settled = self._settle(state, time.time())
             state.save()
             return settled
@@ -506,11 +670,8 @@ class LocalStore:
 
     def sweep(self) -> tuple[Departure, ...]:
         def op() -> tuple[Departure, ...]:
-            now = time.time()
             state = _State(self, self._base_keys())
-            conns: dict[str, dict[str, Any]] = state.get(self._conns, dict)
-            expired = [ch for ch, rec in conns.items() if rec["d"] <= now]
-            departures = self._remove_all(state, expired, now)
+            departures, _ = self._reap(state, time.time(), 10**9)
             state.save()
             return departures
 
@@ -537,9 +698,10 @@ class LocalStore:
         with _LOCK:
             members: dict[str, str | None] = self.cache.get(self._g(group)) or {}
             conns: dict[str, dict[str, Any]] = self.cache.get(self._conns) or {}
+            nodes: dict[str, float] = self.cache.get(self._nodes) or {}
             for ch, user in members.items():
                 rec = conns.get(ch)
-                if rec is not None and rec["d"] > now:
+                if rec is not None and nodes.get(_node(rec["n"]), 0.0) > now:
                     by_user.setdefault(user, []).append(_to_connection(ch, rec))
         return tuple(
             GroupMember(user, tuple(sorted(cs, key=lambda c: c.connected_at)))
@@ -556,8 +718,11 @@ class LocalStore:
         with _LOCK:
             mine: dict[str, float] = (self.cache.get(self._users) or {}).get(user, {})
             conns: dict[str, dict[str, Any]] = self.cache.get(self._conns) or {}
+            nodes: dict[str, float] = self.cache.get(self._nodes) or {}
             live = [
-                _to_connection(ch, conns[ch]) for ch in mine if ch in conns and conns[ch]["d"] > now
+                _to_connection(ch, conns[ch])
+                for ch in mine
+                if ch in conns and nodes.get(_node(conns[ch]["n"]), 0.0) > now
             ]
         return tuple(sorted(live, key=lambda c: (c.connected_at, c.channel_name)))
 
@@ -565,6 +730,10 @@ class LocalStore:
         with _LOCK:
             registry: dict[str, int] = self.cache.get(self._registry) or {}
             return dict(sorted(registry.items()))
+
+    def group_count(self) -> int:
+        with _LOCK:
+            return len(self.cache.get(self._registry) or {})
 
     def close(self) -> None:
         """Nothing to release: the cache belongs to Django."""
@@ -576,8 +745,6 @@ class LocalStore:
     async def _async(self, fn: Callable[..., T], *args: Any) -> T:
         if self._inline:
             return fn(*args)
-        from asgiref.sync import sync_to_async
-
         return await sync_to_async(fn, thread_sensitive=False)(*args)
 
     @property
@@ -587,27 +754,37 @@ class LocalStore:
     async def aconnect(self, connection: Connection, policy: SessionPolicy) -> ConnectResult:
         return await self._async(self.connect, connection, policy)
 
-    async def adisconnect(self, channel_name: str) -> Departure | None:
-        return await self._async(self.disconnect, channel_name)
+    async def adisconnect(self, connection: Connection) -> Departure | None:
+        return await self._async(self.disconnect, connection)
 
-    async def ajoin(self, channel_name: str, groups: tuple[str, ...]) -> tuple[str, ...]:
-        return await self._async(self.join, channel_name, groups)
+    async def ajoin(self, connection: Connection, groups: tuple[str, ...]) -> tuple[str, ...]:
+        return await self._async(self.join, connection, groups)
 
-    async def aleave(self, channel_name: str, groups: tuple[str, ...]) -> tuple[str, ...]:
-        return await self._async(self.leave, channel_name, groups)
+    async def aleave(self, connection: Connection, groups: tuple[str, ...]) -> tuple[str, ...]:
+        return await self._async(self.leave, connection, groups)
 
-    async def aset_meta(self, channel_name: str, meta: dict[str, Any] | None) -> bool:
-        return await self._async(self.set_meta, channel_name, meta)
+    async def aset_meta(self, connection: Connection, meta: dict[str, Any] | None) -> bool:
+        return await self._async(self.set_meta, connection, meta)
 
-    async def arefresh(
-        self, connections: tuple[Connection, ...], policy: SessionPolicy | None = None
-    ) -> RefreshResult:
-        return await self._async(self.refresh, connections, policy)
+    async def arefresh(self, node: str) -> RefreshResult:
+        return await self._async(self.refresh, node)
+
+    async def arestore(
+        self, connections: tuple[Connection, ...], policy: SessionPolicy
+    ) -> RestoreResult:
+        return await self._async(self.restore, connections, policy)
+
+    async def aretire(self, node: str) -> bool:
+        return await self._async(self.retire, node)
 
     async def adisconnect_user(
-        self, user: str, session: str | None = None, reason: str = "kicked"
+        self,
+        user: str,
+        session: str | None = None,
+        reason: str = "kicked",
+        code: int | None = None,
     ) -> tuple[Departure, ...]:
-        return await self._async(self.disconnect_user, user, session, reason)
+        return await self._async(self.disconnect_user, user, session, reason, code)
 
     async def asweep(self) -> tuple[Departure, ...]:
         return await self._async(self.sweep)
@@ -636,6 +813,9 @@ class LocalStore:
     async def agroups(self) -> dict[str, int]:
         return await self._async(self.groups)
 
+    async def agroup_count(self) -> int:
+        return await self._async(self.group_count)
+
     async def aclose(self) -> None:
         self.close()
 
@@ -649,7 +829,12 @@ def _to_connection(channel: str, rec: dict[str, Any]) -> Connection:
         groups=tuple(rec["g"]),
         # A copy: callers must not reach into the store's own dicts.
         meta=dict(rec["m"]) if rec["m"] is not None else None,
+        conn_id=rec["n"],
     )
+
+
+def _node(conn_id: str) -> str:
+    return conn_id.partition(".")[0]
 
 
 class ProcessMemory:
@@ -693,8 +878,6 @@ def _memory(alias: str) -> ProcessMemory:
 
 
 def _is_local_memory(cache: Any) -> bool:
-    from django.core.cache.backends.locmem import LocMemCache
-
     return isinstance(cache, LocMemCache)
 
 
@@ -703,9 +886,3 @@ def clear_process_memory() -> None:
     with _LOCK:
         for memory in _memories.values():
             memory.clear()
-
-
-def _replace_time(conn: Connection, now: float) -> Connection:
-    from dataclasses import replace
-
-    return replace(conn, connected_at=now)

@@ -1,41 +1,34 @@
 """The production store: Redis, shared by every process and server.
 
-Every write is one Lua script run with ``EVALSHA``: one round trip, atomic,
-timed by the Redis server's clock. Reads are scripts too (they need that clock
-to leave out entries whose deadline has passed) and cost O(log n) for counts.
+The work is done by one Redis function library (``presence.lua``, loaded once
+with ``FUNCTION LOAD``): each write is one ``FCALL``, one round trip, atomic,
+timed by the Redis server's clock, and bounded: no function's cost grows with
+a population. Counts are plain commands (``GET``, ``HLEN``): O(1).
 
-Key layout (``P`` is ``KEY_PREFIX``)::
-
-    P:conn               hash  channel -> record (JSON: user, session,
-                               connected_at in ms, groups, meta)
-    P:alive              zset  channel -> deadline (now + TTL, pushed by heartbeats)
-    P:users              hash  user -> the user's channels, oldest first
-    P:group:<g>          zset  channel -> deadline (the group's connections)
-    P:group:<g>:users    zset  user -> latest deadline of their connections in g
-    P:groups             zset  group -> latest deadline (the registry of groups)
-    P:gone:<channel>     string, a tombstone: removed here, must not come back
-
-Every key expires (``KEY_EXPIRY_FACTOR`` x TTL after it was last written or
-refreshed), so nothing outlives the processes that used it. Put a hash tag in
-the prefix (``KEY_PREFIX="{presence}"``) and every key lands in one Redis
-Cluster slot, which the scripts need since they derive keys from the prefix.
+Liveness is per node (one event loop of one server process): a heartbeat is
+one ``ZADD`` however many connections the node holds, and the connections of
+a node that stops beating are removed by the other nodes in bounded batches.
+The key layout is documented at the top of ``presence.lua``: every key of one
+user, one group or one node carries that thing's own hash tag.
 
 Async methods use ``redis.asyncio`` with one client per event loop (its
 connections are bound to the loop that opened them); the sync twins use a
-plain ``redis.Redis``. Each operation is built once as an :class:`_Op` and run
-on either client.
+plain ``redis.Redis``. An operation of several steps (a listing in pages, a
+removal in batches) is written once, as a generator of steps, and driven by
+either client.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 import json
 import logging
 import math
 import re
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Generator, Mapping
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any, Generic, TypeVar
@@ -46,7 +39,7 @@ import redis.asyncio
 from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
@@ -54,12 +47,14 @@ from ..conf import PresenceSettings
 from ..exceptions import StoreUnavailable
 from ..loops import PerLoop
 from .base import (
+    FENCE_SECONDS,
     Absence,
     Connection,
     ConnectResult,
     Departure,
     GroupMember,
     RefreshResult,
+    RestoreResult,
     SessionPolicy,
 )
 
@@ -69,69 +64,56 @@ logger = logging.getLogger("channels_presence")
 
 T = TypeVar("T")
 
-#: Expired connections removed per heartbeat and per sweep script: bounds how
-#: long one script holds Redis.
-SWEEP_BATCH = 500
-#: Keys expire this many TTLs after their last write, leaving surviving
-#: processes ample time to sweep (and report) what a dead process left behind.
+#: Units of work (a connection, plus one per group it is in) one call may do
+#: removing dead nodes' connections: bounds how long it holds Redis.
+REAP_BUDGET = 300
+#: Removed-elsewhere notices a heartbeat takes at once.
+INBOX_BATCH = 500
+#: Due departures claimed per call.
+SETTLE_BATCH = 500
+#: Hash fields one ``disconnect_user`` step scans (about four a connection).
+USER_BATCH = 200
+#: Connections written back per call after the store lost a node's records.
+RESTORE_BATCH = 200
+#: Groups or users one read step returns.
+READ_BATCH = 500
+#: Users whose connections one ``group_connections`` step reads.
+MEMBERS_BATCH = 100
+#: Groups one join or leave call changes: a longer list takes several calls.
+GROUPS_BATCH = 100
+#: Node records and tombstones expire this many TTLs after their last refresh.
 KEY_EXPIRY_FACTOR = 10
-#: Tombstones outlive any heartbeat that was in flight when the entry was removed.
-TOMBSTONE_FACTOR = 2
 CONNECT_TIMEOUT = 2.0
 #: Connections per pool (per process and event loop); more callers wait their turn.
 MAX_CONNECTIONS = 100
-#: A heartbeat of many thousands of connections is one script: allow it time.
 SOCKET_TIMEOUT = 5.0
-
-_WRITE_SCRIPTS = (
-    "connect",
-    "disconnect",
-    "join",
-    "leave",
-    "set_meta",
-    "refresh",
-    "disconnect_user",
-    "sweep",
-    "settle",
-)
-_READ_SCRIPTS = ("count", "group_members", "group_users", "user_connections", "groups")
 # Pool options of Django's RedisCache that are not connection arguments.
 _NOT_CONNECTION_OPTIONS = {"parser_class", "pool_class", "serializer", "serializer_class"}
+_PLAIN_USER = re.compile(r"[A-Za-z0-9_.@\-]+")
+_CONN_ID = re.compile(r"[A-Za-z0-9]{1,16}\.[0-9a-z]{1,13}")
 
 
-@dataclass(frozen=True)
-class _Script:
-    """A Lua script's source and SHA1, loaded on first use by each client."""
-
-    name: str
-    source: str
-    sha: str
-
-
-def _load_scripts() -> dict[str, _Script]:
+def _load_library() -> tuple[str, str]:
+    """The function library's name and source, named by a digest of its text."""
     folder = resources.files(__package__ or "channels_presence.stores")
-    lib = folder.joinpath("_lib.lua").read_text(encoding="utf-8")
-    scripts = {}
-    for name in _WRITE_SCRIPTS + _READ_SCRIPTS:
-        body = folder.joinpath(f"{name}.lua").read_text(encoding="utf-8")
-        source = f"{lib}\n-- {name}.lua\n{body}"
-        sha = hashlib.sha1(source.encode("utf-8")).hexdigest()
-        scripts[name] = _Script(name, source, sha)
-    return scripts
+    body = folder.joinpath("presence.lua").read_text(encoding="utf-8")
+    name = "chpresence_" + hashlib.sha1(body.encode("utf-8")).hexdigest()[:12]
+    return name, f"#!lua name={name}\nlocal LIB = '{name}'\n{body}"
 
 
-_SCRIPTS = _load_scripts()
+LIBRARY, _SOURCE = _load_library()
 
 
 @dataclass(frozen=True)
 class _Op(Generic[T]):
-    """One store operation: a script, its extra keys and arguments, and how to
-    read its reply. Built once, then run on the sync or the async client."""
+    """One command (a function call or a plain read) and how to read its reply."""
 
-    script: str
+    command: tuple[Any, ...]
     parse: Callable[[Any], T]
-    keys: tuple[str, ...] = ()
-    args: tuple[str | int | float, ...] = ()
+
+
+#: A multi-step operation: yields commands, receives their parsed replies.
+Steps = Generator[_Op[Any], Any, T]
 
 
 def _safe_url(url: str) -> str:
@@ -151,98 +133,83 @@ def _strings(value: Any) -> tuple[str, ...]:
     return tuple(str(v) for v in value)
 
 
-def _connection(channel: str, raw: str) -> Connection:
-    rec = json.loads(raw)
-    meta = rec.get("m")
+def channel_prefix(channel: str) -> str:
+    """The part of a channel name shared by every channel of one layer instance.
+
+    ``channels_redis`` names channels ``specific.<instance>!<random>`` and the
+    in-memory layer ``specific..inmemory!<random>``: everything up to the last
+    ``!`` is the same for a process, so the store keeps it once per node.
+    """
+    bang = channel.rfind("!")
+    return channel[: bang + 1] if bang >= 0 else ""
+
+
+_HEX_PART = re.compile(r"[0-9a-f]{32}")
+
+
+def _channel_part(channel: str, prefix: str) -> str:
+    """What the store keeps of a channel name, given its node's prefix.
+
+    "=" and "*" cannot start a channel name: "=" marks a name stored whole,
+    "*" a 32-digit hex part (``channels_redis``'s) stored in 22 base-64 digits.
+    """
+    if not (prefix and channel.startswith(prefix)):
+        return "=" + channel
+    part = channel[len(prefix) :]
+    if _HEX_PART.fullmatch(part):
+        return "*" + base64.urlsafe_b64encode(bytes.fromhex(part)).decode().rstrip("=")
+    return part
+
+
+def _channel_name(part: str, prefix: str) -> str:
+    if part.startswith("="):
+        return part[1:]
+    if part.startswith("*"):
+        return prefix + base64.urlsafe_b64decode(part[1:] + "==").hex()
+    return prefix + part
+
+
+def _connection(item: list[Any], prefixes: Mapping[str, str]) -> Connection:
+    """A record as the functions return it: [cid, user, value, session, groups, meta]."""
+    cid, user, rec, session, groups, meta = item[:6]
+    rec = str(rec)
+    t36, part = rec[:8], rec[8:].partition("\t")[0]
+    channel = _channel_name(part, prefixes.get(cid.partition(".")[0], ""))
     return Connection(
         channel_name=channel,
-        user=rec.get("u"),
-        session=rec.get("s"),
-        connected_at=float(rec.get("t", 0)) / 1000,
-        groups=_strings(rec.get("g")),
-        meta=json.loads(meta) if meta is not None else None,
+        user=user or None,
+        session=session or None,
+        connected_at=int(t36, 36) / 1000,
+        groups=tuple(groups.split(",")) if groups else (),
+        meta=json.loads(meta) if meta else None,
+        conn_id=cid,
     )
 
 
-def _departure(item: list[Any]) -> Departure:
-    channel, raw, left, offline = item
-    return Departure(
-        _connection(channel, raw), user_left=_strings(left), went_offline=bool(offline)
+def _departures(items: Any, prefixes: Mapping[str, str]) -> tuple[Departure, ...]:
+    return tuple(
+        Departure(
+            _connection(item, prefixes), user_left=_strings(item[6]), went_offline=bool(item[7])
+        )
+        for item in items or ()
     )
 
 
-def _departures(items: Any) -> tuple[Departure, ...]:
-    return tuple(_departure(item) for item in items or ())
+def _prefixes(value: Any) -> dict[str, str]:
+    return dict(value) if isinstance(value, dict) else {}
 
 
-def _parse_connect(raw: str) -> ConnectResult:
-    reply = json.loads(raw)
-    if not reply[0]:
-        return ConnectResult(accepted=False)
-    _, came_online, joined, evicted, connected_at = reply
-    return ConnectResult(
-        accepted=True,
-        evicted=_departures(evicted),
-        came_online=bool(came_online),
-        user_joined=_strings(joined),
-        connected_at=float(connected_at) / 1000,
-    )
-
-
-def _parse_departure(raw: str | None) -> Departure | None:
-    return None if raw is None else _departure(json.loads(raw))
-
-
-def _parse_groups(raw: str | None) -> tuple[str, ...]:
-    return () if raw is None else _strings(json.loads(raw))
-
-
-def _parse_refresh(raw: str) -> RefreshResult:
-    closed, expired, restored, settled = json.loads(raw)
-    pairs = [(str(c), str(why)) for c, why in closed or ()]
-    return RefreshResult(
-        closed=tuple(c for c, _ in pairs),
-        close_reasons=dict(pairs),
-        expired=_departures(expired),
-        restored=int(restored),
-        settled=_parse_absences(settled),
-    )
-
-
-def _parse_absences(raw: str | list[Any] | None) -> tuple[Absence, ...]:
-    items = json.loads(raw) if isinstance(raw, str) else raw
+def _absences(items: Any) -> tuple[Absence, ...]:
     return tuple(Absence(str(user), group or None) for user, group in items or ())
 
 
-def _parse_departures(raw: str) -> tuple[Departure, ...]:
-    return _departures(json.loads(raw))
-
-
-def _parse_connections(raw: str) -> tuple[Connection, ...]:
-    conns = [_connection(channel, rec) for channel, rec in json.loads(raw) or ()]
-    return tuple(sorted(conns, key=lambda c: (c.connected_at, c.channel_name)))
-
-
-def _parse_members(raw: str) -> tuple[GroupMember, ...]:
-    by_user: dict[str | None, list[Connection]] = {}
-    for conn in _parse_connections(raw):
-        by_user.setdefault(conn.user, []).append(conn)
-    members = [
-        GroupMember(user, tuple(sorted(conns, key=lambda c: (c.connected_at, c.channel_name))))
-        for user, conns in by_user.items()
-    ]
-    # Longest present first; anonymous connections after the users.
-    members.sort(key=lambda m: (m.user is None, m.connections[0].connected_at))
-    return tuple(members)
-
-
-def _parse_registry(raw: str) -> dict[str, int]:
-    return dict(sorted((str(g), int(n)) for g, n in json.loads(raw) or ()))
-
-
 def _opt(value: str | None) -> str:
-    # Scripts take '' for None: user keys, session keys and JSON are never empty.
+    # Functions take '' for None: user keys, session keys and JSON are never empty.
     return "" if value is None else value
+
+
+def _limit(value: int | None) -> str:
+    return "" if value is None else str(value)
 
 
 def _meta(meta: dict[str, Any] | None) -> str:
@@ -250,7 +217,11 @@ def _meta(meta: dict[str, Any] | None) -> str:
 
 
 def _group_list(groups: tuple[str, ...]) -> str:
-    return json.dumps(list(dict.fromkeys(groups)))
+    return ",".join(dict.fromkeys(groups))
+
+
+def _by_time(conns: list[Connection]) -> tuple[Connection, ...]:
+    return tuple(sorted(conns, key=lambda c: (c.connected_at, c.channel_name)))
 
 
 class RedisStore:
@@ -258,8 +229,8 @@ class RedisStore:
 
     ``url`` is a ``redis://``, ``rediss://`` or ``unix://`` URL; extra
     ``connection_kwargs`` (``password``, ``db``, ``socket_timeout``...) go to
-    the connection pool of both clients. ``ttl`` is how long a connection
-    counts as alive after its last heartbeat.
+    the connection pool of both clients. ``ttl`` is how long a node's
+    connections count after its last heartbeat. Needs Redis 7.0 or later.
     """
 
     def __init__(
@@ -269,8 +240,8 @@ class RedisStore:
         prefix: str = "presence",
         ttl: float = 60.0,
         connection_kwargs: Mapping[str, Any] | None = None,
-        sweep_batch: int = SWEEP_BATCH,
         grace: float = 0.0,
+        reap_budget: int = REAP_BUDGET,
     ) -> None:
         if not re.fullmatch(r"[A-Za-z0-9_.:{}\-]{1,64}", prefix):
             raise ValueError(
@@ -281,9 +252,9 @@ class RedisStore:
         self.url = url
         self.prefix = prefix
         self.ttl = float(ttl)
-        self.sweep_batch = int(sweep_batch)
+        self.grace = float(grace)
+        self.reap_budget = int(reap_budget)
         self.key_expiry = math.ceil(self.ttl * KEY_EXPIRY_FACTOR)
-        self.tombstone_expiry = math.ceil(self.ttl * TOMBSTONE_FACTOR)
         self._kwargs: dict[str, Any] = {
             "socket_connect_timeout": CONNECT_TIMEOUT,
             "socket_timeout": SOCKET_TIMEOUT,
@@ -291,19 +262,23 @@ class RedisStore:
             # Our replies are JSON and names: text throughout.
             "decode_responses": True,
         }
-        self._base_keys = tuple(f"{prefix}:{name}" for name in ("conn", "alive", "groups", "users"))
-        self.grace = float(grace)
-        self._base_args = (
-            prefix,
-            repr(self.ttl),
-            self.key_expiry,
-            self.tombstone_expiry,
-            repr(self.grace),
-        )
+        self._base_args = (prefix, repr(self.ttl), repr(self.grace), self.key_expiry)
+        #: The channel prefix of each node this process holds (see channel_prefix).
+        self._node_prefixes: dict[str, str] = {}
+        #: Nodes this process recorded a connection of.
+        self._live_nodes: set[str] = set()
+        #: Each node's own writes (connects, disconnects) answered so far: a
+        #: store that counts fewer went back in time (see the beat).
+        self._writes: dict[str, int] = {}
         self._lock = threading.Lock()
         self._sync: redis.Redis | None = None
-        # redis.asyncio connections belong to the loop that opened them.
-        self._async: PerLoop[redis.asyncio.Redis] = PerLoop(lambda loop: self._new_async_client())
+        #: Closes under way that ``close()`` started on the running loop.
+        self._closing: set[asyncio.Task[None]] = set()
+        # redis.asyncio connections belong to the loop that opened them, and
+        # are closed on it when it ends (a sync twin's own loop, asyncio.run()).
+        self._async: PerLoop[redis.asyncio.Redis] = PerLoop(
+            lambda loop: self._new_async_client(), close=_close_async_client
+        )
 
     def __repr__(self) -> str:
         return f"RedisStore(url={_safe_url(self.url)!r}, prefix={self.prefix!r})"
@@ -357,13 +332,15 @@ class RedisStore:
 
     # Keys ---------------------------------------------------------------------
 
-    def _group_key(self, group: str) -> str:
-        return f"{self.prefix}:group:{group}"
+    def group_key(self, group: str) -> str:
+        """The hash of a group's users (user -> their connections there)."""
+        return f"{self.prefix}/g{{{group}}}"
 
-    def _members_key(self, group: str) -> str:
-        return f"{self.prefix}:group:{group}:users"
+    def group_count_key(self, group: str) -> str:
+        """The counter of a group's connections."""
+        return f"{self.prefix}/g{{{group}}}/n"
 
-    # Running operations ---------------------------------------------------------
+    # Running commands -----------------------------------------------------------
 
     def _unavailable(self, exc: RedisError) -> StoreUnavailable:
         where = _safe_url(self.url)
@@ -371,9 +348,11 @@ class RedisStore:
             return StoreUnavailable(f"Redis at {where} is unreachable: {exc}")
         return StoreUnavailable(f"Redis at {where} failed: {type(exc).__name__}: {exc}")
 
-    def _argv(self, op: _Op[Any]) -> tuple[int, tuple[str | int | float, ...]]:
-        keys = self._base_keys + op.keys
-        return len(keys), (*keys, *self._base_args, *op.args)
+    def _old_redis(self, exc: ResponseError) -> StoreUnavailable:
+        return StoreUnavailable(
+            f"Redis at {_safe_url(self.url)} refused FUNCTION LOAD ({exc}): the presence "
+            "store needs Redis 7.0 or later."
+        )
 
     def _pool_kwargs(self) -> dict[str, Any]:
         # A blocking pool: a burst of connects waits for a free connection
@@ -411,190 +390,480 @@ class RedisStore:
 
     def _run(self, op: _Op[T]) -> T:
         client = self._sync_client()
-        script = _SCRIPTS[op.script]
-        numkeys, argv = self._argv(op)
         try:
             try:
-                raw = client.evalsha(script.sha, numkeys, *argv)
-            except NoScriptError:
-                # First use on this server (or it restarted): load, then retry.
-                client.script_load(script.source)
-                raw = client.evalsha(script.sha, numkeys, *argv)
+                raw = client.execute_command(*op.command)  # type: ignore[no-untyped-call]
+            except ResponseError as exc:
+                if "Function not found" not in str(exc):
+                    raise
+                # First use on this server (or it restarted empty): load, retry.
+                try:
+                    client.function_load(_SOURCE, replace=True)
+                except ResponseError as load_error:
+                    raise self._old_redis(load_error) from load_error
+                raw = client.execute_command(*op.command)  # type: ignore[no-untyped-call]
         except RedisError as exc:
             raise self._unavailable(exc) from exc
         return op.parse(raw)
 
     async def _arun(self, op: _Op[T]) -> T:
-        entry = self._async_client()
-        script = _SCRIPTS[op.script]
-        numkeys, argv = self._argv(op)
+        client = self._async_client()
         try:
             try:
-                raw = await entry.evalsha(script.sha, numkeys, *argv)
-            except NoScriptError:
-                await entry.script_load(script.source)
-                raw = await entry.evalsha(script.sha, numkeys, *argv)
+                raw = await client.execute_command(*op.command)  # type: ignore[no-untyped-call]
+            except ResponseError as exc:
+                if "Function not found" not in str(exc):
+                    raise
+                try:
+                    await client.function_load(_SOURCE, replace=True)
+                except ResponseError as load_error:
+                    raise self._old_redis(load_error) from load_error
+                raw = await client.execute_command(*op.command)  # type: ignore[no-untyped-call]
         except RedisError as exc:
             raise self._unavailable(exc) from exc
         return op.parse(raw)
 
-    # Operations, each built once ---------------------------------------------------
+    def _drive(self, steps: Steps[T]) -> T:
+        try:
+            op = next(steps)
+            while True:
+                op = steps.send(self._run(op))
+        except StopIteration as done:
+            result: T = done.value
+            return result
 
-    def _connect_op(self, connection: Connection, policy: SessionPolicy) -> _Op[ConnectResult]:
-        return _Op(
+    async def _adrive(self, steps: Steps[T]) -> T:
+        try:
+            op = next(steps)
+            while True:
+                op = steps.send(await self._arun(op))
+        except StopIteration as done:
+            result: T = done.value
+            return result
+
+    def _fcall(self, name: str, key: str, *args: Any, parse: Callable[[Any], T]) -> _Op[T]:
+        return _Op(("FCALL", f"{LIBRARY}_{name}", 1, key, *self._base_args, *args), parse)
+
+    def _fcall_ro(self, name: str, key: str, *args: Any, parse: Callable[[Any], T]) -> _Op[T]:
+        return _Op(("FCALL_RO", f"{LIBRARY}_{name}", 1, key, *self._base_args, *args), parse)
+
+    def _user_key(self, user: str) -> str:
+        # For routing: the functions build the same key (user_tag in presence.lua).
+        if not (len(user) <= 64 and _PLAIN_USER.fullmatch(user)):
+            user = "~" + hashlib.sha1(user.encode()).hexdigest()[:24]
+        return f"{self.prefix}/u{{{user}}}"
+
+    def _node_key(self, node: str) -> str:
+        return f"{self.prefix}/n{{{node}}}"
+
+    def _prefix_of(self, node: str, channel: str = "") -> str:
+        prefix = self._node_prefixes.get(node)
+        if prefix is None:
+            prefix = self._node_prefixes.setdefault(node, channel_prefix(channel))
+        return prefix
+
+    @staticmethod
+    def _check_id(connection: Connection) -> str:
+        if not _CONN_ID.fullmatch(connection.conn_id):
+            raise ValueError(
+                f"Connection {connection.channel_name!r} has conn_id {connection.conn_id!r}; "
+                "the Redis store needs '<node>.<seq>' (letters and digits, seq in base 36)."
+            )
+        return connection.conn_id
+
+    # Operations -----------------------------------------------------------------
+
+    def _connect_steps(self, connection: Connection, policy: SessionPolicy) -> Steps[ConnectResult]:
+        cid = self._check_id(connection)
+        node = connection.node
+        fresh = node not in self._live_nodes
+        prefix = self._prefix_of(node, connection.channel_name)
+        at = "" if not connection.connected_at else str(round(connection.connected_at * 1000))
+        reply = yield self._fcall(
             "connect",
-            args=(
-                connection.channel_name,
-                _opt(connection.user),
-                _opt(connection.session),
-                _group_list(connection.groups),
-                _meta(connection.meta),
-                "" if policy.max_sessions is None else policy.max_sessions,
-                policy.scope,
-                policy.on_limit,
-                # A caller that already knows the time on the store's clock may pass it.
-                repr(connection.connected_at),
-            ),
-            parse=_parse_connect,
+            self._user_key(connection.user or ""),
+            cid,
+            _opt(connection.user),
+            _opt(connection.session),
+            _group_list(connection.groups),
+            _meta(connection.meta),
+            _limit(policy.max_sessions),
+            policy.scope,
+            policy.on_limit,
+            at,
+            prefix,
+            _channel_part(connection.channel_name, prefix),
+            _limit(policy.max_connections),
+            policy.close_code,
+            "1" if fresh else "",
+            str(round(connection.opened_at * 1000)) if connection.opened_at else "",
+            parse=json.loads,
+        )
+        status = reply[0]
+        if status != 1:
+            refused = {0: "limit", -1: "counted_out", -2: "connections", -3: "logged_out"}[status]
+            return ConnectResult(accepted=False, refused=refused)
+        # The node's first connect marks it live; later ones must not (see beat).
+        self._live_nodes.add(node)
+        self._writes[node] = self._writes.get(node, 0) + 1
+        _, came_online, joined, evicted, t_ms, sessions, prefixes = reply
+        departures = list(_departures(evicted, _prefixes(prefixes)))
+        # Whole sessions taken over by this one: removed in bounded batches.
+        for session in sessions or ():
+            more = yield from self._disconnect_user_steps(
+                str(connection.user), str(session), "superseded", policy.close_code
+            )
+            departures.extend(more)
+        return ConnectResult(
+            accepted=True,
+            evicted=tuple(departures),
+            came_online=bool(came_online),
+            user_joined=_strings(joined),
+            connected_at=int(t_ms) / 1000,
         )
 
-    def _disconnect_op(self, channel_name: str) -> _Op[Departure | None]:
-        return _Op("disconnect", args=(channel_name,), parse=_parse_departure)
+    def _disconnect_op(self, connection: Connection) -> _Op[Departure | None]:
+        node = connection.node
 
-    def _join_op(self, channel_name: str, groups: tuple[str, ...]) -> _Op[tuple[str, ...]]:
-        return _Op("join", args=(channel_name, _group_list(groups)), parse=_parse_groups)
+        def parse(raw: str) -> Departure | None:
+            self._writes[node] = self._writes.get(node, 0) + 1
+            dep, prefixes = json.loads(raw)
+            return _departures([dep], _prefixes(prefixes))[0] if dep else None
 
-    def _leave_op(self, channel_name: str, groups: tuple[str, ...]) -> _Op[tuple[str, ...]]:
-        return _Op("leave", args=(channel_name, _group_list(groups)), parse=_parse_groups)
+        cid = self._check_id(connection)
+        user = _opt(connection.user)
+        return self._fcall("disconnect", self._user_key(user), cid, user, parse=parse)
 
-    def _set_meta_op(self, channel_name: str, meta: dict[str, Any] | None) -> _Op[bool]:
-        return _Op("set_meta", args=(channel_name, _meta(meta)), parse=bool)
+    def _membership_steps(
+        self, name: str, connection: Connection, groups: tuple[str, ...]
+    ) -> Steps[tuple[str, ...]]:
+        changed: list[str] = []
+        unique = tuple(dict.fromkeys(groups))
+        for start in range(0, max(1, len(unique)), GROUPS_BATCH):
+            changed.extend(
+                (yield self._groups_op(name, connection, unique[start : start + GROUPS_BATCH]))
+            )
+        return tuple(changed)
 
-    def _refresh_op(
-        self, connections: tuple[Connection, ...], policy: SessionPolicy | None
-    ) -> _Op[RefreshResult]:
-        items = [
-            [
-                c.channel_name,
-                _opt(c.user),
-                _opt(c.session),
-                c.connected_at,
-                list(dict.fromkeys(c.groups)),
-                _meta(c.meta),
-            ]
-            for c in connections
-        ]
-        return _Op(
-            "refresh",
-            args=(
-                json.dumps(items, separators=(",", ":")),
-                self.sweep_batch,
-                "" if policy is None or policy.max_sessions is None else policy.max_sessions,
-                "user" if policy is None else policy.scope,
-            ),
-            parse=_parse_refresh,
+    def _groups_op(
+        self, name: str, connection: Connection, groups: tuple[str, ...]
+    ) -> _Op[tuple[str, ...]]:
+        def parse(raw: str) -> tuple[str, ...]:
+            return _strings(json.loads(raw))
+
+        cid = self._check_id(connection)
+        user = _opt(connection.user)
+        return self._fcall(name, self._user_key(user), cid, user, _group_list(groups), parse=parse)
+
+    def _set_meta_op(self, connection: Connection, meta: dict[str, Any] | None) -> _Op[bool]:
+        cid = self._check_id(connection)
+        user = _opt(connection.user)
+        return self._fcall(
+            "set_meta", self._user_key(user), cid, user, _meta(meta), parse=lambda r: bool(r)
         )
 
-    def _disconnect_user_op(
-        self, user: str, session: str | None, reason: str
-    ) -> _Op[tuple[Departure, ...]]:
-        return _Op("disconnect_user", args=(user, _opt(session), reason), parse=_parse_departures)
+    def _refresh_op(self, node: str) -> _Op[RefreshResult]:
+        def parse(raw: str) -> RefreshResult:
+            reply = json.loads(raw)
+            if reply[0] == 2:
+                return RefreshResult(counted_out=True)
+            state, closed, expired, settled, more, next_check, prefixes = reply
+            reasons: dict[str, str] = {}
+            codes: dict[str, int] = {}
+            for item in closed or ():
+                seq, why, code = str(item).split("\t")
+                cid = f"{node}.{seq}"
+                reasons[cid] = why
+                if code.isdigit():
+                    codes[cid] = int(code)
+            return RefreshResult(
+                closed=tuple(reasons),
+                close_reasons=reasons,
+                close_codes=codes,
+                expired=_departures(expired, _prefixes(prefixes)),
+                settled=_absences(settled),
+                lost=state == 1,
+                more=bool(more),
+                next_check=None if next_check < 0 else float(next_check),
+            )
+
+        return self._fcall(
+            "beat",
+            self._node_key(node),
+            node,
+            self._prefix_of(node),
+            INBOX_BATCH,
+            self.reap_budget,
+            SETTLE_BATCH,
+            self._writes.get(node, 0),
+            parse=parse,
+        )
+
+    def _restore_steps(
+        self, connections: tuple[Connection, ...], policy: SessionPolicy
+    ) -> Steps[RestoreResult]:
+        restored = 0
+        refused: list[str] = []
+        by_node: dict[str, list[Connection]] = {}
+        for c in connections:
+            self._check_id(c)
+            by_node.setdefault(c.node, []).append(c)
+        for node, conns in by_node.items():
+            prefix = self._prefix_of(node, conns[0].channel_name)
+            for start in range(0, len(conns), RESTORE_BATCH):
+                items = [
+                    [
+                        c.conn_id,
+                        _opt(c.user),
+                        _opt(c.session),
+                        round(c.connected_at * 1000),
+                        _group_list(c.groups),
+                        _meta(c.meta),
+                        _channel_part(c.channel_name, prefix),
+                    ]
+                    for c in conns[start : start + RESTORE_BATCH]
+                ]
+                count, ids = yield self._fcall(
+                    "restore",
+                    self._node_key(node),
+                    node,
+                    prefix,
+                    _limit(policy.max_sessions),
+                    policy.scope,
+                    _limit(policy.max_connections),
+                    json.dumps(items, separators=(",", ":")),
+                    policy.on_limit,
+                    policy.close_code,
+                    parse=json.loads,
+                )
+                restored += int(count)
+                refused.extend(_strings(ids))
+        return RestoreResult(restored=restored, refused=tuple(refused))
+
+    def _fence_op(self, user: str, session: str | None) -> _Op[Any]:
+        return self._fcall(
+            "fence", self._user_key(user), user, _opt(session), FENCE_SECONDS, parse=lambda r: r
+        )
+
+    def _reset_steps(self, node: str) -> Steps[None]:
+        while not (
+            yield self._fcall(
+                "reset", self._node_key(node), node, self.reap_budget, parse=lambda r: bool(r)
+            )
+        ):
+            pass
+
+    def _retire_op(self, node: str) -> _Op[bool]:
+        return self._fcall("retire", self._node_key(node), node, parse=lambda r: bool(r))
+
+    def _disconnect_user_steps(
+        self, user: str, session: str | None, reason: str, code: int | None
+    ) -> Steps[tuple[Departure, ...]]:
+        found: list[Departure] = []
+        cursor = "0"
+        while True:
+            cursor, deps, prefixes = yield self._fcall(
+                "disconnect_user",
+                self._user_key(user),
+                user,
+                _opt(session),
+                reason,
+                "" if code is None else code,
+                cursor,
+                USER_BATCH,
+                parse=json.loads,
+            )
+            found.extend(_departures(deps, _prefixes(prefixes)))
+            if str(cursor) == "0":
+                return tuple(sorted(found, key=lambda d: d.connection.connected_at))
 
     def _settle_op(self) -> _Op[tuple[Absence, ...]]:
-        return _Op("settle", args=(self.sweep_batch,), parse=_parse_absences)
-
-    def _sweep_op(self) -> _Op[tuple[Departure, ...]]:
-        return _Op("sweep", args=(self.sweep_batch,), parse=_parse_departures)
-
-    def _count_op(self, keys: tuple[str, ...]) -> _Op[list[int]]:
-        return _Op("count", keys=keys, parse=lambda raw: [int(n) for n in raw])
-
-    def _members_op(self, group: str) -> _Op[tuple[GroupMember, ...]]:
-        return _Op("group_members", keys=(self._group_key(group),), parse=_parse_members)
-
-    def _group_users_op(self, group: str) -> _Op[tuple[str, ...]]:
-        return _Op(
-            "group_users",
-            keys=(self._members_key(group),),
-            parse=lambda raw: tuple(str(u) for u in raw),
+        return self._fcall(
+            "settle",
+            f"{self.prefix}/{{~}}pending",
+            SETTLE_BATCH,
+            parse=lambda raw: _absences(json.loads(raw)[0]),
         )
 
-    def _user_connections_op(self, user: str) -> _Op[tuple[Connection, ...]]:
-        return _Op("user_connections", args=(user,), parse=_parse_connections)
+    def _sweep_steps(self) -> Steps[tuple[Departure, ...]]:
+        found: list[Departure] = []
+        while True:
+            deps, more, prefixes = yield self._fcall(
+                "reap", f"{self.prefix}/{{~}}nodes", self.reap_budget, parse=json.loads
+            )
+            found.extend(_departures(deps, _prefixes(prefixes)))
+            if not more:
+                return tuple(found)
 
-    def _groups_op(self) -> _Op[dict[str, int]]:
-        return _Op("groups", parse=_parse_registry)
+    def _user_connections_op(self, user: str) -> _Op[tuple[Connection, ...]]:
+        def parse(raw: str) -> tuple[Connection, ...]:
+            items, prefixes = json.loads(raw)
+            return _by_time([_connection(i, _prefixes(prefixes)) for i in items or ()])
+
+        return self._fcall_ro("user_connections", self._user_key(user), user, parse=parse)
+
+    def _group_connections_steps(self, group: str) -> Steps[tuple[Connection, ...]]:
+        found: list[Connection] = []
+        users, anonymous = "0", "0"
+        while users or anonymous:
+            users, anonymous, items, prefixes = yield self._fcall_ro(
+                "group_connections",
+                self.group_key(group),
+                group,
+                users,
+                MEMBERS_BATCH,
+                anonymous,
+                parse=json.loads,
+            )
+            found.extend(_connection(i, _prefixes(prefixes)) for i in items or ())
+        # A user's connection seen on two pages (HSCAN may repeat) counts once.
+        unique = {c.conn_id: c for c in found}
+        return _by_time(list(unique.values()))
+
+    def _group_users_steps(self, group: str) -> Steps[tuple[str, ...]]:
+        found: dict[str, None] = {}
+        cursor = "0"
+        while True:
+            cursor, flat = yield _Op(
+                ("HSCAN", self.group_key(group), cursor, "COUNT", READ_BATCH), parse=lambda r: r
+            )
+            found.update(dict.fromkeys(flat[0::2] if isinstance(flat, list) else flat))
+            if str(cursor) == "0":
+                return tuple(found)
+
+    def _groups_steps(self) -> Steps[dict[str, int]]:
+        found: dict[str, int] = {}
+        after = ""
+        while True:
+            page = yield self._fcall_ro(
+                "groups", f"{self.prefix}/{{~}}groups", after, READ_BATCH, parse=json.loads
+            )
+            for group, size in page or ():
+                if int(size) > 0:
+                    found[str(group)] = int(size)
+            if len(page or ()) < READ_BATCH:
+                return dict(sorted(found.items()))
+            after = str(page[-1][0])
+
+    def _count_op(self, group: str) -> _Op[int]:
+        return _Op(("GET", self.group_count_key(group)), parse=lambda r: int(r or 0))
+
+    def _group_count_op(self) -> _Op[int]:
+        # The registry lists exactly the groups whose count is positive.
+        return _Op(("ZCARD", f"{self.prefix}/{{~}}groups"), parse=int)
+
+    def _user_count_op(self, group: str) -> _Op[int]:
+        return _Op(("HLEN", self.group_key(group)), parse=int)
+
+    def _sizes_op(self, groups: tuple[str, ...]) -> _Op[dict[str, int]]:
+        return _Op(
+            ("MGET", *map(self.group_count_key, groups)),
+            parse=lambda r: {g: int(n or 0) for g, n in zip(groups, r, strict=True)},
+        )
 
     # Writes -------------------------------------------------------------------
 
     async def aconnect(self, connection: Connection, policy: SessionPolicy) -> ConnectResult:
         """Record ``connection``, apply ``policy`` and join its groups, atomically."""
-        return await self._arun(self._connect_op(connection, policy))
+        return await self._adrive(self._connect_steps(connection, policy))
 
     def connect(self, connection: Connection, policy: SessionPolicy) -> ConnectResult:
         """Sync twin of :meth:`aconnect`."""
-        return self._run(self._connect_op(connection, policy))
+        return self._drive(self._connect_steps(connection, policy))
 
-    async def adisconnect(self, channel_name: str) -> Departure | None:
+    async def adisconnect(self, connection: Connection) -> Departure | None:
         """Remove a connection from everything; ``None`` if it was not there."""
-        return await self._arun(self._disconnect_op(channel_name))
+        return await self._arun(self._disconnect_op(connection))
 
-    def disconnect(self, channel_name: str) -> Departure | None:
+    def disconnect(self, connection: Connection) -> Departure | None:
         """Sync twin of :meth:`adisconnect`."""
-        return self._run(self._disconnect_op(channel_name))
+        return self._run(self._disconnect_op(connection))
 
-    async def ajoin(self, channel_name: str, groups: tuple[str, ...]) -> tuple[str, ...]:
+    async def ajoin(self, connection: Connection, groups: tuple[str, ...]) -> tuple[str, ...]:
         """Add a recorded connection to groups; return those the user newly joined."""
-        return await self._arun(self._join_op(channel_name, groups))
+        return await self._adrive(self._membership_steps("join", connection, groups))
 
-    def join(self, channel_name: str, groups: tuple[str, ...]) -> tuple[str, ...]:
+    def join(self, connection: Connection, groups: tuple[str, ...]) -> tuple[str, ...]:
         """Sync twin of :meth:`ajoin`."""
-        return self._run(self._join_op(channel_name, groups))
+        return self._drive(self._membership_steps("join", connection, groups))
 
-    async def aleave(self, channel_name: str, groups: tuple[str, ...]) -> tuple[str, ...]:
+    async def aleave(self, connection: Connection, groups: tuple[str, ...]) -> tuple[str, ...]:
         """Remove a connection from groups; return those the user no longer is in."""
-        return await self._arun(self._leave_op(channel_name, groups))
+        return await self._adrive(self._membership_steps("leave", connection, groups))
 
-    def leave(self, channel_name: str, groups: tuple[str, ...]) -> tuple[str, ...]:
+    def leave(self, connection: Connection, groups: tuple[str, ...]) -> tuple[str, ...]:
         """Sync twin of :meth:`aleave`."""
-        return self._run(self._leave_op(channel_name, groups))
+        return self._drive(self._membership_steps("leave", connection, groups))
 
-    async def aset_meta(self, channel_name: str, meta: dict[str, Any] | None) -> bool:
+    async def aset_meta(self, connection: Connection, meta: dict[str, Any] | None) -> bool:
         """Replace a connection's metadata; ``False`` if it is not recorded."""
-        return await self._arun(self._set_meta_op(channel_name, meta))
+        return await self._arun(self._set_meta_op(connection, meta))
 
-    def set_meta(self, channel_name: str, meta: dict[str, Any] | None) -> bool:
+    def set_meta(self, connection: Connection, meta: dict[str, Any] | None) -> bool:
         """Sync twin of :meth:`aset_meta`."""
-        return self._run(self._set_meta_op(channel_name, meta))
+        return self._run(self._set_meta_op(connection, meta))
 
-    async def arefresh(
-        self, connections: tuple[Connection, ...], policy: SessionPolicy | None = None
-    ) -> RefreshResult:
-        """Keep this process's connections alive, in one round trip.
+    async def arefresh(self, node: str) -> RefreshResult:
+        """Keep ``node`` alive: one ``ZADD`` plus bounded chores, in one round trip."""
+        return await self._arun(self._refresh_op(node))
 
-        Re-writes any that are missing, reports those that must close (removed
-        by eviction, ``disconnect_user`` or a sweep), and sweeps up to
-        ``sweep_batch`` expired entries of any process.
-        """
-        return await self._arun(self._refresh_op(connections, policy))
-
-    def refresh(
-        self, connections: tuple[Connection, ...], policy: SessionPolicy | None = None
-    ) -> RefreshResult:
+    def refresh(self, node: str) -> RefreshResult:
         """Sync twin of :meth:`arefresh`."""
-        return self._run(self._refresh_op(connections, policy))
+        return self._run(self._refresh_op(node))
+
+    async def arestore(
+        self, connections: tuple[Connection, ...], policy: SessionPolicy
+    ) -> RestoreResult:
+        """Write back connections the store lost, in batches of ``RESTORE_BATCH``."""
+        return await self._adrive(self._restore_steps(connections, policy))
+
+    def restore(self, connections: tuple[Connection, ...], policy: SessionPolicy) -> RestoreResult:
+        """Sync twin of :meth:`arestore`."""
+        return self._drive(self._restore_steps(connections, policy))
+
+    async def areset(self, node: str) -> None:
+        """Remove ``node``'s own connections quietly, in batches, before a write-back."""
+        await self._adrive(self._reset_steps(node))
+
+    def reset(self, node: str) -> None:
+        """Sync twin of :meth:`areset`."""
+        self._drive(self._reset_steps(node))
+
+    async def aretire(self, node: str) -> bool:
+        """Forget a node that stops with no connection left."""
+        return await self._arun(self._retire_op(node))
+
+    def retire(self, node: str) -> bool:
+        """Sync twin of :meth:`aretire`."""
+        return self._run(self._retire_op(node))
+
+    async def afence(self, user: str, session: str | None = None) -> None:
+        """Refuse the connects a logout must stop (see the protocol)."""
+        await self._arun(self._fence_op(user, session))
+
+    def fence(self, user: str, session: str | None = None) -> None:
+        """Sync twin of :meth:`afence`."""
+        self._run(self._fence_op(user, session))
 
     async def adisconnect_user(
-        self, user: str, session: str | None = None, reason: str = "kicked"
+        self,
+        user: str,
+        session: str | None = None,
+        reason: str = "kicked",
+        code: int | None = None,
     ) -> tuple[Departure, ...]:
-        """Remove every connection of ``user`` (of one session, if given)."""
-        return await self._arun(self._disconnect_user_op(user, session, reason))
+        """Remove every connection of ``user`` (of one session, if given), in batches."""
+        return await self._adrive(self._disconnect_user_steps(user, session, reason, code))
 
     def disconnect_user(
-        self, user: str, session: str | None = None, reason: str = "kicked"
+        self,
+        user: str,
+        session: str | None = None,
+        reason: str = "kicked",
+        code: int | None = None,
     ) -> tuple[Departure, ...]:
         """Sync twin of :meth:`adisconnect_user`."""
-        return self._run(self._disconnect_user_op(user, session, reason))
+        return self._drive(self._disconnect_user_steps(user, session, reason, code))
 
     async def asettle(self) -> tuple[Absence, ...]:
         """Claim the departures whose leave grace has run out (exactly once overall)."""
@@ -605,77 +874,57 @@ class RedisStore:
         return self._run(self._settle_op())
 
     async def asweep(self) -> tuple[Departure, ...]:
-        """Remove every expired entry now; return what was removed.
-
-        Runs the sweep script in batches, each atomic, so Redis is never held
-        for long however much there is to sweep.
-        """
-        found: list[Departure] = []
-        while True:
-            batch = await self._arun(self._sweep_op())
-            found.extend(batch)
-            if len(batch) < self.sweep_batch:
-                return tuple(found)
+        """Remove every connection of every dead node now, in bounded batches."""
+        return await self._adrive(self._sweep_steps())
 
     def sweep(self) -> tuple[Departure, ...]:
         """Sync twin of :meth:`asweep`."""
-        found: list[Departure] = []
-        while True:
-            batch = self._run(self._sweep_op())
-            found.extend(batch)
-            if len(batch) < self.sweep_batch:
-                return tuple(found)
+        return self._drive(self._sweep_steps())
 
     # Reads --------------------------------------------------------------------
 
     async def agroup_size(self, group: str) -> int:
-        """Live connections in ``group``: O(log n)."""
-        return (await self._arun(self._count_op((self._group_key(group),))))[0]
+        """Live connections in ``group``: one ``GET``."""
+        return await self._arun(self._count_op(group))
 
     def group_size(self, group: str) -> int:
         """Sync twin of :meth:`agroup_size`."""
-        return self._run(self._count_op((self._group_key(group),)))[0]
+        return self._run(self._count_op(group))
 
     async def agroup_user_count(self, group: str) -> int:
-        """Distinct users with a live connection in ``group``: O(log n)."""
-        return (await self._arun(self._count_op((self._members_key(group),))))[0]
+        """Distinct users with a live connection in ``group``: one ``HLEN``."""
+        return await self._arun(self._user_count_op(group))
 
     def group_user_count(self, group: str) -> int:
         """Sync twin of :meth:`agroup_user_count`."""
-        return self._run(self._count_op((self._members_key(group),)))[0]
+        return self._run(self._user_count_op(group))
 
     async def agroup_sizes(self, groups: tuple[str, ...]) -> dict[str, int]:
-        """Live connections of many groups, in one round trip."""
-        if not groups:
-            return {}
-        counts = await self._arun(self._count_op(tuple(map(self._group_key, groups))))
-        return dict(zip(groups, counts, strict=True))
+        """Live connections of many groups: one ``MGET``."""
+        return await self._arun(self._sizes_op(groups)) if groups else {}
 
     def group_sizes(self, groups: tuple[str, ...]) -> dict[str, int]:
         """Sync twin of :meth:`agroup_sizes`."""
-        if not groups:
-            return {}
-        counts = self._run(self._count_op(tuple(map(self._group_key, groups))))
-        return dict(zip(groups, counts, strict=True))
+        return self._run(self._sizes_op(groups)) if groups else {}
 
     async def agroup_members(self, group: str) -> tuple[GroupMember, ...]:
-        """The users present in ``group`` (anonymous ones under ``None``), O(n)."""
-        return await self._arun(self._members_op(group))
+        """The users present in ``group`` with their connections there, in pages."""
+        return _members(await self._adrive(self._group_connections_steps(group)))
 
     def group_members(self, group: str) -> tuple[GroupMember, ...]:
         """Sync twin of :meth:`agroup_members`."""
-        return self._run(self._members_op(group))
+        return _members(self._drive(self._group_connections_steps(group)))
 
     async def agroup_users(self, group: str) -> tuple[str, ...]:
-        """The users with a live connection in ``group``: one ZRANGEBYSCORE, no records."""
-        return await self._arun(self._group_users_op(group))
+        """The users with a connection in ``group``, in ``HSCAN`` pages."""
+        return await self._adrive(self._group_users_steps(group))
 
     def group_users(self, group: str) -> tuple[str, ...]:
         """Sync twin of :meth:`agroup_users`."""
-        return self._run(self._group_users_op(group))
+        return self._drive(self._group_users_steps(group))
 
     async def auser_connections(self, user: str) -> tuple[Connection, ...]:
-        """A user's live connections, oldest first."""
+        """A user's connections, oldest first."""
         return await self._arun(self._user_connections_op(user))
 
     def user_connections(self, user: str) -> tuple[Connection, ...]:
@@ -683,12 +932,20 @@ class RedisStore:
         return self._run(self._user_connections_op(user))
 
     async def agroups(self) -> dict[str, int]:
-        """Every group with at least one live connection, with its size."""
-        return await self._arun(self._groups_op())
+        """Every group with at least one connection, with its size, in pages."""
+        return await self._adrive(self._groups_steps())
 
     def groups(self) -> dict[str, int]:
         """Sync twin of :meth:`agroups`."""
-        return self._run(self._groups_op())
+        return self._drive(self._groups_steps())
+
+    async def agroup_count(self) -> int:
+        """How many groups have a connection: one ``ZCARD``."""
+        return await self._arun(self._group_count_op())
+
+    def group_count(self) -> int:
+        """Sync twin of :meth:`agroup_count`."""
+        return self._run(self._group_count_op())
 
     # Lifecycle ------------------------------------------------------------------
 
@@ -696,17 +953,19 @@ class RedisStore:
         """Close this loop's client and the sync one; others are closed on their loops."""
         mine = self._async.pop()
         if mine is not None:
-            await mine.aclose()
+            await _close_async_client(mine)
         self.close()
 
     def close(self) -> None:
         """Close every client. Async ones are closed on their own loops when
-        those still run; a client of a closed loop has nothing left to close."""
+        those still run; a closed loop closed its client as it shut down."""
         with self._lock:
             sync, self._sync = self._sync, None
         clients = self._async.pop_all()
         if sync is not None:
             sync.close()
+            # A pool handed to the client is not closed with it.
+            sync.connection_pool.disconnect()
         try:
             current: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
         except RuntimeError:
@@ -716,8 +975,25 @@ class RedisStore:
                 continue
             if loop is current:
                 # Called from sync code inside this loop: cannot wait here.
-                loop.create_task(entry.aclose())
+                self._closing.add(loop.create_task(_close_async_client(entry)))
+                self._closing = {t for t in self._closing if not t.done()}
             elif loop.is_running():
-                asyncio.run_coroutine_threadsafe(entry.aclose(), loop)
+                asyncio.run_coroutine_threadsafe(_close_async_client(entry), loop)
             else:
-                loop.run_until_complete(entry.aclose())
+                loop.run_until_complete(_close_async_client(entry))
+
+
+async def _close_async_client(client: redis.asyncio.Redis) -> None:
+    """Close a client and its pool's connections (a pool handed to it stays open)."""
+    await client.aclose()
+    await client.connection_pool.disconnect()
+
+
+def _members(conns: tuple[Connection, ...]) -> tuple[GroupMember, ...]:
+    by_user: dict[str | None, list[Connection]] = {}
+    for conn in conns:
+        by_user.setdefault(conn.user, []).append(conn)
+    members = [GroupMember(user, tuple(cs)) for user, cs in by_user.items()]
+    # Longest present first; anonymous connections after the users.
+    members.sort(key=lambda m: (m.user is None, m.connections[0].connected_at))
+    return tuple(members)

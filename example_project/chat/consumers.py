@@ -10,6 +10,12 @@ Population updates are pushed as a "changed" nudge rather than as the state
 itself: each consumer reads the state when the nudge arrives. Nudges are handled
 one at a time per consumer, so the last read always follows the last change,
 even when two changes race and their broadcasts arrive out of order.
+
+A room's member list is kept by the page's ``PresenceSocket`` (the browser
+client channels_presence ships): the room sends the members once on connect
+(``presence.members``) and forwards every presence diff (``presence.diff``),
+each with the usernames of the users it names. Before a socket is closed by
+presence, the page is told why (``presence.closing``).
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ import channels_presence
 from channels_presence.consumers import PresenceConsumerMixin
 
 from .rooms import LOBBY_GROUP, ROOMS, Room
-from .state import aroom_state, aroom_states
+from .state import aroom_state, aroom_states, ausernames
 
 # Application close codes the page understands (4001 is channels_presence's).
 NOT_SIGNED_IN = 4401
@@ -61,12 +67,13 @@ class LobbyConsumer(PresenceConsumerMixin, AsyncJsonWebsocketConsumer):
         await self.send_json({"type": "room.state", **await aroom_state(room)})
 
     async def presence_closing(self, reason: str, code: int) -> None:
-        await self.send_json({"type": "session.closing", "reason": reason})
+        await self.send_json({"type": "presence.closing", "reason": reason})
 
 
 class RoomConsumer(PresenceConsumerMixin, AsyncJsonWebsocketConsumer):
     """A chat room: live member list, counts and messages."""
 
+    presence_diffs = True
     room: Room | None = None
 
     def get_presence_groups(self) -> list[str]:
@@ -88,6 +95,15 @@ class RoomConsumer(PresenceConsumerMixin, AsyncJsonWebsocketConsumer):
         await self.accept()
         history = await cache.aget(_history_key(room), [])
         await self.send_json({"type": "chat.history", "messages": history})
+        members = await channels_presence.agroup_members(room.group)
+        await self.send_json(
+            {
+                "type": "presence.members",
+                "group": room.group,
+                "members": members,
+                "names": await ausernames(members),
+            }
+        )
         await self._announce_change()
 
     async def disconnect(self, code: int) -> None:
@@ -118,6 +134,19 @@ class RoomConsumer(PresenceConsumerMixin, AsyncJsonWebsocketConsumer):
             self.room.group, {"type": "chat.message", "message": message}
         )
 
+    async def presence_diff(self, message: dict[str, Any]) -> None:
+        # Who joined and left the room, gathered over DIFF_INTERVAL; leaves come
+        # LEAVE_GRACE late, so a reload shows nobody leaving.
+        await self.send_json(
+            {
+                "type": "presence.diff",
+                "group": message["group"],
+                "joins": message["joins"],
+                "leaves": message["leaves"],
+                "names": await ausernames(message["joins"]),
+            }
+        )
+
     async def chat_message(self, event: dict[str, Any]) -> None:
         await self.send_json({"type": "chat.message", **event["message"]})
 
@@ -126,7 +155,7 @@ class RoomConsumer(PresenceConsumerMixin, AsyncJsonWebsocketConsumer):
             await self.send_json({"type": "room.state", **await aroom_state(self.room)})
 
     async def presence_closing(self, reason: str, code: int) -> None:
-        await self.send_json({"type": "session.closing", "reason": reason})
+        await self.send_json({"type": "presence.closing", "reason": reason})
 
     async def _announce_change(self) -> None:
         assert self.room is not None

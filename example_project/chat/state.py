@@ -33,12 +33,17 @@ def _state(
     }
 
 
+async def ausernames(pks: Iterable[Any]) -> dict[str, str]:
+    """``str(pk) -> username`` for the given user keys, in one query."""
+    return await database_sync_to_async(_usernames)(list(pks))
+
+
 async def aroom_state(room: Room) -> dict[str, Any]:
     """The live population of one room: usernames, people and connections."""
     members = await channels_presence.agroup_members(room.group)
     people = await channels_presence.agroup_user_count(room.group)
     connections = await channels_presence.agroup_size(room.group)
-    names = await database_sync_to_async(_usernames)(members)
+    names = await ausernames(members)
     return _state(room, members, people, connections, names)
 
 

@@ -9,11 +9,14 @@ Two modes, chosen by the environment:
   cache is a Redis cache), so several server processes share it.
 
 ``DEMO_DATABASE`` moves the SQLite file (the browser tests use a temporary one).
+``DEMO_PRESENCE``, a JSON object, is laid over ``CHANNELS_PRESENCE`` (try
+``{"ON_LIMIT": "reject_new"}``).
 """
 
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 from pathlib import Path
 
@@ -25,9 +28,12 @@ DEBUG = os.environ.get("DEMO_DEBUG", "1") == "1"
 ALLOWED_HOSTS = ["127.0.0.1", "localhost", "[::1]"]
 
 INSTALLED_APPS = [
+    # The admin shows channels_presence's "Presence" pages (sign in as admin).
+    "django.contrib.admin",
     "django.contrib.auth",
     "django.contrib.contenttypes",
     "django.contrib.sessions",
+    "django.contrib.messages",
     "django.contrib.staticfiles",
     "channels",
     "channels_presence",
@@ -40,6 +46,7 @@ MIDDLEWARE = [
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
 ]
 
@@ -55,6 +62,7 @@ TEMPLATES = [
             "context_processors": [
                 "django.template.context_processors.request",
                 "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
             ],
         },
     },
@@ -98,6 +106,7 @@ CHANNELS_PRESENCE = {
     "MAX_SESSIONS": 1,
     # A session is a log-in, so the tabs of one browser live side by side.
     "SESSION_SCOPE": "session",
+    **json.loads(os.environ.get("DEMO_PRESENCE") or "{}"),
 }
 
 LOGIN_URL = "login"

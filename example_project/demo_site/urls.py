@@ -1,7 +1,12 @@
-"""URLs: Django's own log-in and log-out views, the lobby and the rooms."""
+"""URLs: Django's own log-in and log-out views, the lobby, the rooms and the admin.
+
+The admin's "Presence" pages need no URL of their own: channels_presence adds
+them to ``admin.site``.
+"""
 
 from __future__ import annotations
 
+from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.urls import path
 
@@ -12,4 +17,5 @@ urlpatterns = [
     path("rooms/<slug:slug>/", views.room, name="room"),
     path("accounts/login/", auth_views.LoginView.as_view(), name="login"),
     path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
+    path("admin/", admin.site.urls),
 ]

@@ -91,15 +91,31 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
 def start_servers(
     browser_dir: Path, request: pytest.FixtureRequest
 ) -> Iterator[Callable[..., list[DemoServer]]]:
-    """Start demo servers (in parallel) sharing one database; stop them after the test."""
+    """Start demo servers (in parallel) sharing one database; stop them after the test.
+
+    ``port`` (with ``count=1``) starts one where an earlier one was; ``env`` sets
+    the demo's environment settings, e.g. ``DEMO_PRESENCE``.
+    """
     started: list[DemoServer] = []
 
     def start(
-        count: int = 1, *, redis_url: str | None = None, database: Path | None = None
+        count: int = 1,
+        *,
+        redis_url: str | None = None,
+        database: Path | None = None,
+        port: int | None = None,
+        env: dict[str, str] | None = None,
     ) -> list[DemoServer]:
         database = database or browser_dir / f"{request.node.name[:40]}.sqlite3"
         servers = [
-            DemoServer(browser_dir, database=database, redis_url=redis_url, name=f"s{i}")
+            DemoServer(
+                browser_dir,
+                database=database,
+                redis_url=redis_url,
+                name=f"s{len(started) + i}",
+                port=port,
+                env=env,
+            )
             for i in range(count)
         ]
         for server in servers:

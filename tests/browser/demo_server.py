@@ -20,6 +20,7 @@ from tests.redis_server import free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 RUN_SCRIPT = REPO_ROOT / "example_project" / "run.py"
+MANAGE_SCRIPT = REPO_ROOT / "example_project" / "manage.py"
 #: Seconds from spawn to the log-in page answering (migrations included).
 START_TIMEOUT = 60.0
 
@@ -28,9 +29,16 @@ class DemoServer:
     """One ``run.py`` process on 127.0.0.1 and a free port."""
 
     def __init__(
-        self, workdir: Path, *, database: Path, redis_url: str | None = None, name: str = "demo"
+        self,
+        workdir: Path,
+        *,
+        database: Path,
+        redis_url: str | None = None,
+        name: str = "demo",
+        port: int | None = None,
+        env: dict[str, str] | None = None,
     ) -> None:
-        self.port = free_port()
+        self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = workdir / f"{name}-{self.port}.log"
         self.env = dict(os.environ, DEMO_DATABASE=str(database), PYTHONUNBUFFERED="1")
@@ -41,8 +49,11 @@ class DemoServer:
         # Without REDIS_URL the demo runs on the embedded default.
         self.env.pop("REDIS_URL", None)
         self.env.pop("DJANGO_SETTINGS_MODULE", None)
+        self.env.pop("DEMO_PRESENCE", None)
         if redis_url:
             self.env["REDIS_URL"] = redis_url
+        # Settings of the demo's own (DEMO_PRESENCE, ...), for this server only.
+        self.env.update(env or {})
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
@@ -83,6 +94,20 @@ class DemoServer:
         except subprocess.TimeoutExpired:
             os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait(timeout=10)
+
+    def manage(self, *args: str) -> str:
+        """Run ``manage.py`` of the demo on this server's database; its output."""
+        done = subprocess.run(
+            [sys.executable, str(MANAGE_SCRIPT), *args],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=START_TIMEOUT,
+            check=False,
+        )
+        if done.returncode:
+            raise RuntimeError(f"manage.py {' '.join(args)} failed:\n{done.stdout}{done.stderr}")
+        return done.stdout
 
     def log(self) -> str:
         try:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -12,8 +14,12 @@ from tests.browser.demo_server import REPO_ROOT, DemoServer
 
 pytestmark = pytest.mark.browser
 
+#: The README's picture, rewritten only when asked: PRESENCE_UPDATE_SCREENSHOT=1.
 SCREENSHOT = REPO_ROOT / "docs" / "screenshot-room.png"
-PASSWORDS = {"alice": "alice-pass", "bob": "bob-pass"}
+UPDATE_SCREENSHOT = os.environ.get("PRESENCE_UPDATE_SCREENSHOT") == "1"
+#: A phone's width in CSS pixels (an iPhone 12 to 15).
+PHONE = {"width": 390, "height": 844}
+PASSWORDS = {"alice": "alice-pass", "bob": "bob-pass", "admin": "admin-pass"}
 #: How long a closed tab is watched for a reconnect attempt.
 NO_RECONNECT_WATCH = 5.0
 
@@ -57,7 +63,7 @@ def say(page: Any, text: str) -> None:
 
 
 def test_two_users_see_each_other_and_the_count_drops_when_one_leaves(
-    demo_site: DemoServer, new_context: Callable[[], Any]
+    demo_site: DemoServer, new_context: Callable[[], Any], tmp_path: Path
 ) -> None:
     alice = sign_in(new_context(), demo_site, "alice")
     bob = sign_in(new_context(), demo_site, "bob")
@@ -75,11 +81,47 @@ def test_two_users_see_each_other_and_the_count_drops_when_one_leaves(
     expect(alice.locator(".message").last).to_contain_text("watch the count drop")
     expect(alice.locator(".message.mine")).to_have_count(2)
 
-    SCREENSHOT.parent.mkdir(exist_ok=True)
-    alice.screenshot(path=str(SCREENSHOT))
+    shot = SCREENSHOT if UPDATE_SCREENSHOT else tmp_path / SCREENSHOT.name
+    shot.parent.mkdir(exist_ok=True)
+    alice.screenshot(path=str(shot))
+    assert shot.stat().st_size > 0
 
     bob.close()
     expect_room(alice, ["alice"], connections=1)
+
+
+#: For each element, the lines its visible text is laid out on, and its box.
+HEADER_LAYOUT = """() => Object.fromEntries(
+  [".brand", "#status", ".topbar-right button"].map((selector) => {
+    const element = document.querySelector(selector);
+    const walker = document.createTreeWalker(element, NodeFilter.SHOW_TEXT);
+    const lines = new Set();
+    for (let node = walker.nextNode(); node; node = walker.nextNode()) {
+      const range = document.createRange();
+      range.selectNodeContents(node);
+      for (const rect of range.getClientRects()) lines.add(Math.round(rect.top));
+    }
+    const box = element.getBoundingClientRect();
+    return [selector, {lines: lines.size, top: box.top, bottom: box.bottom, right: box.right}];
+  })
+)"""
+
+
+def test_the_header_fits_on_one_line_on_a_phone(demo_site: DemoServer, browser: Any) -> None:
+    context = browser.new_context(viewport=PHONE)
+    try:
+        context.set_default_timeout(10_000)
+        page = sign_in(context, demo_site, "alice")
+        enter_room(page, demo_site, "general")
+        layout = page.evaluate(HEADER_LAYOUT)
+        for selector, box in layout.items():
+            assert box["lines"] == 1, f"{selector} wraps at {PHONE['width']} px: {layout}"
+            assert box["right"] <= PHONE["width"], f"{selector} sticks out: {layout}"
+        brand, status = layout[".brand"], layout["#status"]
+        assert status["top"] < brand["bottom"], f"the status is on a line of its own: {layout}"
+        assert page.evaluate("document.documentElement.scrollWidth") <= PHONE["width"]
+    finally:
+        context.close()
 
 
 def test_lobby_counts_follow_people_into_and_out_of_a_room(
@@ -168,12 +210,17 @@ def test_logging_out_closes_the_other_tabs_and_the_room_sees_it(
     room = alice_browser.new_page()
     enter_room(room, demo_site, "general")
     expect_room(bob, ["alice", "bob"], connections=2)
+    sockets: list[Any] = []
+    room.on("websocket", lambda socket: sockets.append(socket))
 
     lobby.click("text=Log out")
     lobby.wait_for_url(f"{demo_site.url}/accounts/login/")
     expect(room.locator("#banner")).to_contain_text("signed out")
     expect(room.locator("#status")).to_have_attribute("data-state", "closed")
     expect_room(bob, ["bob"], connections=1)
+    # Closed with LOGOUT_CODE (4002): the tab does not try again.
+    time.sleep(NO_RECONNECT_WATCH)
+    assert sockets == [], "a signed-out tab reconnected"
 
 
 @pytest.mark.redis

@@ -843,7 +843,14 @@ class LiveClient:
         """Send a command and wait for its reply; ConnectionClosed if the socket ends first."""
         assert self.ws is not None
         start = len(self.received)
-        await self.ws.send(json.dumps(payload))
+        try:
+            await self.ws.send(json.dumps(payload))
+        except ConnectionClosed:
+            # The server closed first and the reader has not run yet: let it record
+            # the close code, so the caller sees a closed tab, not a live one.
+            with contextlib.suppress(TimeoutError):
+                await self._wait(lambda: self.close_code is not None, 5.0, "close")
+            raise
 
         def replied() -> bool:
             return self.close_code is not None or any(

@@ -33,8 +33,10 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import DatabaseError
 
 from channels_presence import api
+from channels_presence.conf import get_settings
 from channels_presence.exceptions import PresenceError
 from channels_presence.names import user_key, user_pk
+from channels_presence.stores import PER_PROCESS_BACKENDS, cache_config
 from channels_presence.stores.base import Connection
 
 #: How much of a session key is shown: enough to tell sessions apart, too
@@ -190,9 +192,6 @@ class Command(BaseCommand):
 
     def note_if_per_process(self) -> None:
         """Explain an empty answer that comes from a store this process alone sees."""
-        from channels_presence.conf import get_settings
-        from channels_presence.stores import PER_PROCESS_BACKENDS, cache_config
-
         alias = get_settings().CACHE
         backend = cache_config(alias).get("BACKEND", "")
         if backend in PER_PROCESS_BACKENDS:
@@ -358,8 +357,6 @@ class Command(BaseCommand):
         except ValueError as exc:  # a close code out of range
             raise CommandError(str(exc)) from exc
         if code is None:
-            from channels_presence.conf import get_settings
-
             code = get_settings().CLOSE_CODE
         if not closed:
             self.note_if_per_process()

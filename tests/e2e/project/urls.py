@@ -18,4 +18,6 @@ urlpatterns = [
     path("presence/send/", views.send),
     path("presence/snapshot/", views.presence_snapshot),
     path("loop-lag/", views.loop_lag),
+    path("hot-sender/", views.hot_sender),
+    path("await-listeners/", views.await_listeners),
 ]

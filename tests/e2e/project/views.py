@@ -166,3 +166,36 @@ async def loop_lag(request: HttpRequest) -> JsonResponse:
 
     figures = monitor().read(reset=request.GET.get("reset") == "1")
     return JsonResponse({"server": settings.SERVER_NAME, **figures})
+
+
+async def hot_sender(request: HttpRequest) -> JsonResponse:
+    """A hot sender task on this server's event loop (see :mod:`.hot_sender`).
+
+    ``?group=g&start=<interval>`` starts one (a GET: an async view needs no
+    CSRF handling that way on every Django version), ``?group=g`` reads its
+    figures, ``?group=g&stop=1`` cancels it.
+    """
+    from . import hot_sender as senders
+
+    group = request.GET["group"]
+    if "start" in request.GET:
+        figures = senders.start(group, float(request.GET["start"]))
+    elif "stop" in request.GET:
+        figures = senders.stop(group)
+    else:
+        figures = senders.read(group)
+    return JsonResponse({"server": settings.SERVER_NAME, "figures": figures})
+
+
+async def await_listeners(request: HttpRequest) -> JsonResponse:
+    """``?group=g&timeout=s``: answers when the group has listeners (or the timeout passed).
+
+    ``at`` is ``time.time()`` when ``await_for_listeners`` returned.
+    """
+    import time
+
+    from channels_presence import await_for_listeners
+
+    group = request.GET["group"]
+    found = await await_for_listeners(group, timeout=float(request.GET.get("timeout", 10)))
+    return JsonResponse({"server": settings.SERVER_NAME, "found": found, "at": time.time()})
