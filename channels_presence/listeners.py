@@ -386,14 +386,20 @@ UNKNOWN = -1
 RETRY_STORE_AFTER = 1.0
 
 
-def _size_unknown(exc: StoreUnavailable | None) -> bool:
-    """Whether a send should go out without a size: the store is failing and
-    ``ON_STORE_ERROR="allow"`` says presence must not stop the site."""
+def _skip_store() -> bool:
+    """Whether a send goes out without asking the store: it failed within the
+    last :data:`RETRY_STORE_AFTER` seconds and ``ON_STORE_ERROR="allow"`` says
+    presence must not stop the site."""
+    return store_failures.failing(RETRY_STORE_AFTER) and get_settings().ON_STORE_ERROR == "allow"
+
+
+def _size_after_failure(exc: StoreUnavailable) -> int:
+    """:data:`UNKNOWN` under ``ON_STORE_ERROR="allow"`` (the send goes out);
+    otherwise the store's error propagates."""
     if get_settings().ON_STORE_ERROR != "allow":
-        return False
-    if exc is not None:
-        store_failures.failed(exc)
-    return True
+        raise exc
+    store_failures.failed(exc)
+    return UNKNOWN
 
 
 async def agroup_send(group: str, message: dict[str, Any], *, max_age: float | None = None) -> int:
@@ -404,15 +410,13 @@ async def agroup_send(group: str, message: dict[str, Any], *, max_age: float | N
     """
     validate_group_name(group)
     _checked_message(message)
-    if store_failures.failing(RETRY_STORE_AFTER) and _size_unknown(None):
+    if _skip_store():
         size = UNKNOWN
     else:
         try:
             size = await agroup_size(group, max_age=max_age)
         except StoreUnavailable as exc:
-            if not _size_unknown(exc):
-                raise
-            size = UNKNOWN
+            size = _size_after_failure(exc)
         else:
             store_failures.succeeded()
     if size:
@@ -424,15 +428,13 @@ def group_send(group: str, message: dict[str, Any], *, max_age: float | None = N
     """Sync twin of :func:`agroup_send`; an empty group needs no event loop at all."""
     validate_group_name(group)
     _checked_message(message)
-    if store_failures.failing(RETRY_STORE_AFTER) and _size_unknown(None):
+    if _skip_store():
         size = UNKNOWN
     else:
         try:
             size = group_size(group, max_age=max_age)
         except StoreUnavailable as exc:
-            if not _size_unknown(exc):
-                raise
-            size = UNKNOWN
+            size = _size_after_failure(exc)
         else:
             store_failures.succeeded()
     if size:
