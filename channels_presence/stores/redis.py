@@ -300,8 +300,8 @@ class RedisStore:
         self._node_prefixes: dict[str, str] = {}
         #: Nodes this process recorded a connection of.
         self._live_nodes: set[str] = set()
-        #: Each node's own writes (connects, disconnects) answered so far: a
-        #: store that counts fewer went back in time (see the beat).
+        #: Each node's own writes (connects, disconnects, joins, leaves, metadata)
+        #: answered so far: a store that counts fewer went back in time (see the beat).
         self._writes: dict[str, int] = {}
         self._lock = threading.Lock()
         self._sync: redis.Redis | None = None
@@ -442,11 +442,16 @@ class RedisStore:
             kwargs["ssl"] = True
         return kwargs
 
-    def _sentinel_socket_kwargs(self) -> dict[str, Any]:
+    def _sentinel_socket_kwargs(self, retry: Any) -> dict[str, Any]:
+        """How to reach the sentinels: ``sentinel_kwargs``, or redis-py's default
+        (the data connections' socket timeouts); a sentinel that does not answer
+        is not retried (redis-py would, for seconds): the next one is asked."""
         if self.sentinel_kwargs is not None:
-            return dict(self.sentinel_kwargs)
-        # redis-py's default: the data connections' socket timeouts.
-        return {k: v for k, v in self._kwargs.items() if k.startswith("socket_")}
+            kwargs = dict(self.sentinel_kwargs)
+        else:
+            kwargs = {k: v for k, v in self._kwargs.items() if k.startswith("socket_")}
+        kwargs.setdefault("retry", retry)
+        return kwargs
 
     def _sync_client(self) -> redis.Redis:
         with self._lock:
@@ -458,7 +463,8 @@ class RedisStore:
                 retry = Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,))
                 if self.sentinels:
                     manager = redis.sentinel.Sentinel(  # type: ignore[no-untyped-call]
-                        self.sentinels, sentinel_kwargs=self._sentinel_socket_kwargs()
+                        self.sentinels,
+                        sentinel_kwargs=self._sentinel_socket_kwargs(Retry(NoBackoff(), 0)),
                     )
                     self._sync = manager.master_for(  # type: ignore[no-untyped-call]
                         self.service,
@@ -481,7 +487,8 @@ class RedisStore:
         if self.sentinels:
             # The sentinels' clients belong to this loop too.
             manager = redis.asyncio.sentinel.Sentinel(  # type: ignore[no-untyped-call]
-                self.sentinels, sentinel_kwargs=self._sentinel_socket_kwargs()
+                self.sentinels,
+                sentinel_kwargs=self._sentinel_socket_kwargs(AsyncRetry(NoBackoff(), 0)),
             )
             client: redis.asyncio.Redis = manager.master_for(
                 self.service,
@@ -659,18 +666,24 @@ class RedisStore:
         self, name: str, connection: Connection, groups: tuple[str, ...]
     ) -> _Op[tuple[str, ...]]:
         def parse(raw: str) -> tuple[str, ...]:
-            return _strings(json.loads(raw))
+            changed = json.loads(raw)
+            if changed is not False:  # recorded: the store counted a write
+                self._count_write(connection.node)
+            return _strings(changed)
 
         cid = self._check_id(connection)
         user = _opt(connection.user)
         return self._fcall(name, self._user_key(user), cid, user, _group_list(groups), parse=parse)
 
     def _set_meta_op(self, connection: Connection, meta: dict[str, Any] | None) -> _Op[bool]:
+        def parse(raw: Any) -> bool:
+            if raw:  # recorded: the store counted a write
+                self._count_write(connection.node)
+            return bool(raw)
+
         cid = self._check_id(connection)
         user = _opt(connection.user)
-        return self._fcall(
-            "set_meta", self._user_key(user), cid, user, _meta(meta), parse=lambda r: bool(r)
-        )
+        return self._fcall("set_meta", self._user_key(user), cid, user, _meta(meta), parse=parse)
 
     def _refresh_op(self, node: str) -> _Op[RefreshResult]:
         def parse(raw: str) -> RefreshResult:
