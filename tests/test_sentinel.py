@@ -24,7 +24,7 @@ from django.test import override_settings
 from channels_presence.exceptions import StoreUnavailable
 from channels_presence.stores import get_store
 from channels_presence.stores.base import Connection, SessionPolicy
-from channels_presence.stores.redis import RedisStore
+from channels_presence.stores.redis import LIBRARY, RedisStore
 from tests.redis_sentinel import SERVICE, SentinelSetup
 from tests.redis_server import free_port
 
@@ -103,7 +103,7 @@ def test_the_url_database_and_password_reach_the_primary(
     ):
         get_store().connect(conn("nodeA", 1, "u1", ("lobby",)), UNLIMITED)
     with sentinel_setup.primary().client() as primary:
-        primary.select(3)  # type: ignore[attr-defined]
+        primary.select(3)
         assert primary.get(f"{key_prefix}/g{{lobby}}/n") == "1"
     # Credentials and TLS in the URL go to the primary's connections, as from_url does.
     store = RedisStore(
@@ -205,7 +205,7 @@ async def test_a_demoted_primary_is_left_for_the_new_one_without_an_error(
     await store.aconnect(conn("nodeB", 1, "u2", ("lobby",)), UNLIMITED)
     old = setup.primary()
     with setup.sentinels[0].client() as sentinel:
-        sentinel.sentinel_failover(SERVICE)  # type: ignore[no-untyped-call]
+        sentinel.sentinel_failover(SERVICE)
     new = await asyncio.to_thread(setup.wait_for_promotion, old)
 
     def demoted() -> None:
@@ -341,3 +341,13 @@ def test_redis_sentinel_processes_really_run(sentinel_setup: SentinelSetup) -> N
             assert int(state["port"]) == sentinel_setup.primary().port
     with pytest.raises(redis.ResponseError), sentinel_setup.sentinels[0].client() as c:
         c.set("x", 1)  # a sentinel is no data server
+
+
+def test_the_function_library_reaches_the_replica(
+    sentinel_setup: SentinelSetup, sentinel_store: RedisStore
+) -> None:
+    """A promoted replica can run the functions at once: FUNCTION LOAD replicates."""
+    sentinel_store.refresh("nodeA")
+    sentinel_setup.wait_replicated()
+    with sentinel_setup.replicas()[0].client() as replica:
+        assert LIBRARY in str(replica.function_list())
