@@ -351,3 +351,41 @@ def test_the_function_library_reaches_the_replica(
     sentinel_setup.wait_replicated()
     with sentinel_setup.replicas()[0].client() as replica:
         assert LIBRARY in str(replica.function_list())
+
+
+async def test_the_channel_layer_settings_of_the_readme_work_on_sentinel(
+    sentinel_setup: SentinelSetup, key_prefix: str
+) -> None:
+    """channels_redis takes a Sentinel host as the README shows it."""
+    from channels_redis.core import RedisChannelLayer
+
+    layer = RedisChannelLayer(
+        hosts=[
+            {
+                "sentinels": sentinel_setup.sentinel_addresses,
+                "master_name": SERVICE,
+                "db": 1,
+                "socket_timeout": 15,
+                "max_connections": 1000,
+            }
+        ],
+        prefix=f"{key_prefix}-layer",
+    )
+    try:
+        channel = await layer.new_channel()
+        await layer.group_add("lobby", channel)
+        await layer.group_send("lobby", {"type": "hello"})
+        assert await asyncio.wait_for(layer.receive(channel), 5) == {"type": "hello"}
+        with sentinel_setup.primary().client() as primary:
+            primary.select(1)
+            assert primary.keys(f"{key_prefix}-layer*")
+    finally:
+        # channels_redis closes its pools but not the Sentinel's own clients.
+        managers = [
+            client.connection_pool.sentinel_manager
+            for loop_layer in layer._layers.values()
+            for client in loop_layer._connections.values()
+        ]
+        await layer.flush()
+        for manager in managers:
+            await manager.aclose()
