@@ -173,7 +173,7 @@ class Heartbeat:
         if hurry is None or delay <= RETRY:
             await asyncio.sleep(delay)
             return
-        hurry.clear()
+        # Set already when a call failed during the last beat: that counts too.
         try:
             await asyncio.wait_for(hurry.wait(), delay - RETRY)
         except asyncio.TimeoutError:
@@ -206,6 +206,8 @@ class Heartbeat:
                 await self._retire()
                 return
             delay = conf.HEARTBEAT
+            if self._hurry is not None:
+                self._hurry.clear()  # this beat answers the failures so far
             try:
                 result = await self.beat()
             except asyncio.CancelledError:

@@ -37,7 +37,7 @@ TTL = 30
 HEARTBEAT = 10
 #: Seconds from the promotion to exact counts on a node that tried the store
 #: during the outage (a connect, a beat): its heartbeat retries every second
-#: or so (RETRY in heartbeat.py). Measured: 0.3 to 0.6 s.
+#: or so (RETRY in heartbeat.py). Measured: 0.1 to 0.6 s.
 AFTER_PROMOTION_BOUND = 3.0
 #: The same for a node that made no store call during the outage: its next
 #: regular beat, at most HEARTBEAT after the last one.
