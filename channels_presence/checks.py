@@ -6,6 +6,7 @@
 ``channels_presence.E003``  ``CHANNELS_PRESENCE['CACHE']`` names no cache
 ``channels_presence.E004``  the presence cache is ``DummyCache`` (stores nothing)
 ``channels_presence.E005``  no channel layer in ``CHANNEL_LAYERS``
+``channels_presence.E006``  the presence cache's Redis Sentinel set-up is incomplete
 ``channels_presence.W001``  a per-process cache with a cross-process channel layer
 ``channels_presence.W002``  a shared cache that is not Redis (not atomic)
 ``channels_presence.W003``  the Redis store's client library is missing
@@ -24,6 +25,7 @@ from django.core.exceptions import ImproperlyConfigured
 
 from .conf import SETTING_NAME, build_settings
 from .stores import PER_PROCESS_BACKENDS, is_redis_backend
+from .stores.sentinel import sentinel_settings
 
 _PER_PROCESS_LAYERS = ("channels.layers.InMemoryChannelLayer",)
 
@@ -98,6 +100,15 @@ def check_presence(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]
                     id="channels_presence.W002",
                 )
             )
+        elif is_redis_backend(backend) and (error := _sentinel_error(cache)):
+            errors.append(
+                Error(
+                    error,
+                    hint="Presence follows the cache's own Sentinel settings; see the README's "
+                    "'Sentinel' section.",
+                    id="channels_presence.E006",
+                )
+            )
         elif is_redis_backend(backend) and importlib.util.find_spec("redis") is None:
             errors.append(
                 Warning(
@@ -117,3 +128,12 @@ def check_presence(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]
             )
         )
     return errors
+
+
+def _sentinel_error(cache: dict[str, Any]) -> str:
+    """What is wrong with the cache's Sentinel settings, or ``""``."""
+    try:
+        sentinel_settings(cache)
+    except ImproperlyConfigured as exc:
+        return str(exc)
+    return ""

@@ -12,13 +12,18 @@ holds, and no Python work per connection either. The same call hands back:
   their channel-layer groups and announced (another beat follows at once while
   any are left);
 * departures whose leave grace ran out: they are announced;
-* that the store lost the node (flushed, restarted empty): every local
-  connection is written back, in batches;
+* that the store lost the node (flushed, restarted empty, failed over to a
+  replica that missed the last writes): every local connection is written
+  back, in batches; so they are after a join, leave or metadata write of
+  this node failed;
 * that the node was counted out (this loop stalled past ``TTL``): every local
   connection is closed with 1001 and the loop starts again as a new node.
 
 When another node's deadline is due before the next beat, the heartbeat wakes
-then, so a dead node's connections stop counting soon after its ``TTL``.
+then, so a dead node's connections stop counting soon after its ``TTL``. When
+a store call fails (a beat, or a connection's own write), the next beat comes
+within ``RETRY`` seconds, and again every ``RETRY`` until the store answers:
+what the store missed is written back about a second after it is back.
 
 The task outlives the loop's last connection by ``TTL + LEAVE_GRACE`` (so a
 crashed peer's connections are still removed and announced), then retires
@@ -30,6 +35,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import random
 import secrets
 import string
 import time
@@ -38,7 +44,7 @@ from typing import TYPE_CHECKING, Any
 
 from channels.layers import get_channel_layer
 
-from . import events
+from . import events, listeners
 from .closing import EXPIRED_CLOSE_CODE, close_code, send_close
 from .conf import get_settings
 from .exceptions import StoreUnavailable
@@ -64,6 +70,11 @@ FORCE_CLOSE_AFTER = 2.0
 #: Local connections taken back into their layer groups per step, after a
 #: channel-layer outage (the loop runs other work between steps).
 REGROUP_CHUNK = 500
+#: A beat the store did not answer is tried again after this many seconds (at
+#: most ``HEARTBEAT``, less a random part of up to half, so that nodes cut off
+#: together come back spread out): once the store is back (a Sentinel failover
+#: done, a restart), what it lost is written back within about a second.
+RETRY = 1.0
 #: Called with the seconds each beat took (``metrics.py`` adds one when enabled).
 beat_observers: list[Callable[[float], None]] = []
 
@@ -95,8 +106,15 @@ class Heartbeat:
         #: Connections refused while the store failed, whose write may still
         #: land there: removed once the store answers.
         self.orphans: dict[str, Connection] = {}
+        #: Those of them that were announced as connected: their removal is announced.
+        self._announced_orphans: set[str] = set()
         #: The channel layer came back from an outage: its groups need us again.
         self.regroup = False
+        #: A write of a recorded connection (a join, a leave, metadata) failed:
+        #: the store may differ from this node until it is written back whole.
+        self.resync = False
+        #: Set when a store call of this loop failed: the next beat comes soon.
+        self._hurry: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
         self._closing: set[asyncio.Task[None]] = set()
 
@@ -110,24 +128,58 @@ class Heartbeat:
     def add(self, tracker: PresenceTracker) -> None:
         """Keep ``tracker`` alive from now on; starts the loop's task if needed."""
         self.trackers[tracker.conn_id] = tracker
+        self._start()
         if not tracker.recorded:
             self.unrecorded[tracker.conn_id] = tracker
-        self._start()
+            self.hurry()
 
-    def forget(self, connection: Connection) -> None:
+    def forget(self, connection: Connection, *, announce: bool = False) -> None:
         """Remove ``connection`` from the store as soon as it answers again.
 
-        For a connect that was refused because the store did not answer in
-        time: its write may still be queued in a paused Redis.
+        For a connect that was refused, or a disconnect that failed, because
+        the store did not answer in time: its write may still be queued in a
+        paused Redis, or the record is still there. ``announce``: the
+        connection was announced, so its departure is too, once removed.
         """
         self.orphans[connection.conn_id] = connection
+        if announce:
+            self._announced_orphans.add(connection.conn_id)
         self._start()
+        self.hurry()
+
+    def missed_write(self) -> None:
+        """A join, leave or metadata write of a recorded connection failed:
+        once the store answers, write this node's connections back whole."""
+        self.resync = True
+        self._start()
+        self.hurry()
+
+    def hurry(self) -> None:
+        """A store call of this loop failed: beat within ``RETRY`` seconds, not
+        ``HEARTBEAT``, so the store learns what it missed soon after it is back."""
+        if self._hurry is not None:
+            self._hurry.set()
 
     def _start(self) -> None:
         if self._task is None or self._task.done():
+            self._hurry = asyncio.Event()
             self._task = asyncio.get_running_loop().create_task(
                 self._run(), name="channels-presence-heartbeat"
             )
+
+    async def _sleep(self, delay: float) -> None:
+        """Sleep ``delay`` seconds, or less when :meth:`hurry` is called meanwhile."""
+        hurry = self._hurry
+        if hurry is None or delay <= RETRY:
+            await asyncio.sleep(delay)
+            return
+        # Set already when a call failed during the last beat: that counts too.
+        try:
+            await asyncio.wait_for(hurry.wait(), delay - RETRY)
+        except asyncio.TimeoutError:
+            await asyncio.sleep(RETRY)
+        else:
+            await asyncio.sleep(RETRY * (1 - random.random() / 2))
 
     def recorded(self, tracker: PresenceTracker) -> None:
         """``tracker`` is in the store now."""
@@ -144,7 +196,7 @@ class Heartbeat:
         delay = get_settings().HEARTBEAT
         while True:
             conf = get_settings()
-            await asyncio.sleep(delay)
+            await self._sleep(delay)
             if self.trackers or self.orphans:
                 idle_since = None
             elif idle_since is None:
@@ -154,6 +206,8 @@ class Heartbeat:
                 await self._retire()
                 return
             delay = conf.HEARTBEAT
+            if self._hurry is not None:
+                self._hurry.clear()  # this beat answers the failures so far
             try:
                 result = await self.beat()
             except asyncio.CancelledError:
@@ -161,7 +215,9 @@ class Heartbeat:
             except Exception:  # the loop must survive anything a beat meets
                 logger.exception("Presence heartbeat failed")
                 continue
-            if result is not None:
+            if result is None:
+                delay = min(delay, RETRY) * (1 - random.random() / 2)
+            else:
                 if result.more:
                     delay = AGAIN
                 elif result.next_check is not None:
@@ -191,7 +247,8 @@ class Heartbeat:
         if result.counted_out:
             await self.counted_out()
             return result
-        if result.lost:
+        if result.lost or self.resync:
+            self.resync = False
             await self._restore()
         if self.orphans:
             await self._remove_orphans()
@@ -249,11 +306,16 @@ class Heartbeat:
         store = get_store()
         for conn_id, connection in list(self.orphans.items()):
             try:
-                await store.adisconnect(connection)
+                departure = await store.adisconnect(connection)
             except StoreUnavailable as exc:
                 store_failures.failed(exc)
                 return
             del self.orphans[conn_id]
+            if conn_id in self._announced_orphans:
+                self._announced_orphans.discard(conn_id)
+                if departure is not None:
+                    listeners.note_left(departure.connection.groups)
+                    await events.departed(departure, reason="disconnected")
 
     async def _regroup(self) -> None:
         """Put every local connection back into its channel-layer groups.
@@ -303,6 +365,7 @@ class Heartbeat:
             await store.areset(self.node)
         except StoreUnavailable as exc:
             store_failures.failed(exc)
+            self.resync = True  # the next beat tries again
             return
         recorded = [t for t in self.trackers.values() if t.recorded]
         restored = 0
@@ -312,6 +375,7 @@ class Heartbeat:
                 result = await store.arestore(tuple(t.snapshot() for t in chunk), session_policy())
             except StoreUnavailable as exc:
                 store_failures.failed(exc)
+                self.resync = True  # the next beat writes everything back again
                 return
             restored += result.restored
             for conn_id in result.refused:

@@ -267,6 +267,7 @@ class PresenceTracker:
                 joined = await self.store.ajoin(self.snapshot(), new)
             except StoreUnavailable as exc:
                 store_failures.failed(exc)
+                get_heartbeat().missed_write()
             else:
                 store_failures.succeeded()
                 listeners.note_joined(new)
@@ -288,6 +289,7 @@ class PresenceTracker:
                 left = await self.store.aleave(self.snapshot(), gone)
             except StoreUnavailable as exc:
                 store_failures.failed(exc)
+                get_heartbeat().missed_write()
             else:
                 store_failures.succeeded()
                 listeners.note_left(gone)
@@ -308,6 +310,7 @@ class PresenceTracker:
                 await self.store.aset_meta(self.snapshot(), checked)
             except StoreUnavailable as exc:
                 store_failures.failed(exc)
+                get_heartbeat().missed_write()
             else:
                 store_failures.succeeded()
 
@@ -329,8 +332,10 @@ class PresenceTracker:
                 # Shielded: a cancelled disconnect must still reach the store.
                 departure = await asyncio.shield(self.store.adisconnect(self.snapshot()))
             except StoreUnavailable as exc:
-                # The entry expires by itself within TTL.
+                # The record may be there still (its node lives on): removed
+                # once the store answers.
                 store_failures.failed(exc)
+                get_heartbeat().forget(self.snapshot(), announce=True)
             else:
                 store_failures.succeeded()
         self.recorded = False

@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
+import redis
 from django.test import override_settings
 from hypothesis import HealthCheck
 from hypothesis import settings as hypothesis_settings
@@ -17,6 +18,7 @@ from channels_presence import listeners
 from channels_presence.logs import store_failures
 from channels_presence.stores import reset_store
 from channels_presence.stores.local import clear_process_memory
+from tests.redis_sentinel import SentinelSetup, find_redis_sentinel
 from tests.redis_server import RedisServer, find_redis_server, free_port
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
@@ -67,6 +69,43 @@ def redis_url(redis_server: RedisServer | None) -> str:
     except redis.RedisError as exc:
         _no_redis(f"REDIS_URL={url!r} does not answer: {exc}")
     return url
+
+
+def _no_sentinel(reason: str) -> None:
+    if IN_CI:
+        pytest.fail(f"CI=true needs Redis Sentinel, but {reason}", pytrace=False)
+    pytest.skip(f"Sentinel tests skipped: {reason}")
+
+
+def start_sentinel_setup(replicas: int = 1) -> SentinelSetup:
+    """A running primary, ``replicas`` replicas and three sentinels, or a skip saying why not."""
+    server, sentinel = find_redis_server(), find_redis_sentinel()
+    if server is None or sentinel is None:
+        missing = "redis-server" if server is None else "redis-sentinel"
+        _no_sentinel(f"no {missing} binary was found on PATH (apt-get install {missing})")
+    setup = SentinelSetup(server, sentinel, replicas=replicas)  # type: ignore[arg-type]
+    try:
+        setup.start()
+    except (OSError, TimeoutError, redis.RedisError) as exc:
+        setup.close()
+        _no_sentinel(f"the Sentinel set-up could not be started: {exc}")
+    return setup
+
+
+@pytest.fixture(scope="session")
+def sentinel_setup() -> Iterator[SentinelSetup]:
+    """One Sentinel set-up for the whole run, for tests that never fail it over."""
+    setup = start_sentinel_setup()
+    yield setup
+    setup.close()
+
+
+@pytest.fixture
+def fresh_sentinel_setup() -> Iterator[SentinelSetup]:
+    """A Sentinel set-up of the test's own, which it may fail over."""
+    setup = start_sentinel_setup()
+    yield setup
+    setup.close()
 
 
 @pytest.fixture

@@ -24,6 +24,7 @@ ORDER = [
     "conf",
     "stores.base",
     "stores.local",
+    "stores.sentinel",
     "stores.redis",
     "stores",
     "checks",

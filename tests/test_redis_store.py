@@ -455,6 +455,29 @@ def test_restore_refuses_connections_whose_place_was_taken_after_the_loss(
     assert [c.conn_id for c in node.store.user_connections("u1")] == [newer.conn_id]
 
 
+def test_joins_leaves_and_metadata_count_among_the_nodes_own_writes(
+    make_node: Callable[..., Node], client: redis.Redis, key_prefix: str
+) -> None:
+    """Store and node count the same writes, so only a lost one is reported: a
+    failover to a replica that missed the node's last join shows as a loss."""
+    node = make_node()
+    c = node.connect("u1", groups=("lobby",))
+    assert node.store.join(c, ("room",)) == ("room",)
+    assert node.store.set_meta(c, {"device": "phone"})
+    assert node.store.leave(c, ("room",)) == ("room",)
+    # Writes about a connection that is not recorded change nothing, and count nothing.
+    ghost = node.conn("u2")
+    assert node.store.join(ghost, ("room",)) == ()
+    assert not node.store.set_meta(ghost, None)
+    assert node.refresh().lost is False
+
+    assert node.store.join(c, ("room",)) == ("room",)
+    # The store forgets that join's count, as a replica that missed it would.
+    client.hincrby(f"{key_prefix}/n{{{node.id}}}", "w", -1)
+    assert node.refresh().lost is True
+    assert node.refresh().lost is False  # the beat took the node's count
+
+
 def test_a_refused_first_connect_does_not_make_the_next_refresh_report_lost(
     make_node: Callable[..., Node],
 ) -> None:

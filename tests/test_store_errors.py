@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 import pytest
+import redis
+from django.test import override_settings
 
 import channels_presence as presence
+from channels_presence import signals
 from channels_presence.exceptions import StoreUnavailable
 from channels_presence.heartbeat import get_heartbeat
 from channels_presence.logs import store_failures
+from tests.redis_server import RedisServer, find_redis_server
 from tests.test_consumers import closed_with, still_open
 
 
@@ -53,3 +60,88 @@ async def test_a_recovery_is_logged_once(caplog: Any) -> None:
     messages = [r.getMessage() for r in caplog.records if r.name == "channels_presence"]
     assert len(messages) == 2
     assert "recovered after 3 failed" in messages[1]
+
+
+# Writes refused for a while (a primary without its replicas, a failover) ----------
+
+
+@pytest.fixture
+def refusing_redis(key_prefix: str) -> Iterator[redis.Redis]:
+    """The presence cache on a Redis of the test's own; the test makes it refuse
+    writes (while reads and the data stay) with ``CONFIG SET min-replicas-to-write 1``."""
+    binary = find_redis_server()
+    if binary is None:
+        pytest.skip("Redis tests skipped: no redis-server binary was found on PATH")
+    server = RedisServer(binary)
+    server.start()
+    try:
+        with (
+            override_settings(
+                CACHES={
+                    "default": {"BACKEND": "django_redis.cache.RedisCache", "LOCATION": server.url}
+                },
+                CHANNELS_PRESENCE={"KEY_PREFIX": key_prefix, "TTL": 30, "HEARTBEAT": 10},
+            ),
+            redis.Redis.from_url(server.url, decode_responses=True) as client,
+        ):
+            store_failures.failures = 0
+            yield client
+    finally:
+        store_failures.failures = 0
+        server.close()
+
+
+def refuse_writes(client: redis.Redis, refuse: bool) -> None:
+    client.config_set("min-replicas-to-write", 1 if refuse else 0)
+
+
+async def settles(check: Callable[[], Awaitable[bool]], within: float) -> float:
+    """Seconds until ``check()`` holds; fails after ``within``."""
+    started = time.monotonic()
+    while not await check():
+        assert time.monotonic() - started < within, f"not within {within}s"
+        await asyncio.sleep(0.05)
+    return time.monotonic() - started
+
+
+@pytest.mark.redis
+async def test_a_disconnect_the_store_refused_is_done_and_announced_once_it_is_back(
+    refusing_redis: redis.Redis, ws: Any
+) -> None:
+    closed: list[str] = []
+
+    def receiver(sender: Any, connection: Any, reason: str, **kwargs: Any) -> None:
+        closed.append(f"{connection.user}:{reason}")
+
+    signals.connection_closed.connect(receiver)
+    try:
+        first, second = await ws(user=1), await ws(user=2)
+        refuse_writes(refusing_redis, True)
+        await first.disconnect()
+        assert await presence.agroup_size("lobby") == 2  # still recorded
+        refuse_writes(refusing_redis, False)
+        # Within about a second (the heartbeat's retry), not HEARTBEAT (10 s).
+        await settles(lambda: _size_is("lobby", 1), within=3.0)
+        assert closed == ["1:disconnected"]
+        await still_open(second)
+    finally:
+        signals.connection_closed.disconnect(receiver)
+
+
+@pytest.mark.redis
+async def test_a_join_the_store_refused_is_written_once_it_is_back(
+    refusing_redis: redis.Redis, ws: Any
+) -> None:
+    comm = await ws(user=1)
+    refuse_writes(refusing_redis, True)
+    await comm.send_json_to({"join": "room"})
+    assert await comm.receive_json_from(timeout=3) == {"joined": "room"}
+    assert await presence.agroup_size("room") == 0
+    refuse_writes(refusing_redis, False)
+    await settles(lambda: _size_is("room", 1), within=3.0)
+    assert await presence.agroup_size("lobby") == 1
+    await still_open(comm)
+
+
+async def _size_is(group: str, size: int) -> bool:
+    return await presence.agroup_size(group) == size

@@ -110,6 +110,24 @@ def _redis(key_prefix: str, ttl: float, request: pytest.FixtureRequest) -> tuple
     return store, wipe
 
 
+def _sentinel(key_prefix: str, ttl: float, request: pytest.FixtureRequest) -> tuple[Any, Any]:
+    """The Redis store behind Sentinel: it finds the primary through the sentinels."""
+    from channels_presence.stores.redis import RedisStore
+
+    setup = request.getfixturevalue("sentinel_setup")
+    store = RedisStore(
+        setup.location(), sentinels=setup.sentinel_addresses, prefix=key_prefix, ttl=ttl
+    )
+
+    def wipe() -> None:
+        with setup.primary().client() as client:
+            keys = list(client.scan_iter(match=f"{key_prefix}/*", count=1000))
+            if keys:
+                client.delete(*keys)
+
+    return store, wipe
+
+
 def _local_on_cache_api(
     key_prefix: str, ttl: float, request: pytest.FixtureRequest
 ) -> tuple[Any, Any]:
@@ -139,6 +157,7 @@ STORES = [
     pytest.param(_local, id="local"),
     pytest.param(_local_on_cache_api, id="local-cache-api"),
     pytest.param(_redis, id="redis", marks=pytest.mark.redis),
+    pytest.param(_sentinel, id="sentinel", marks=pytest.mark.redis),
 ]
 
 

@@ -1,7 +1,8 @@
 """Where presence lives: the store is chosen from the cache named by ``CACHE``.
 
 A Redis cache (django-redis or Django's own ``RedisCache``) gets the Redis
-store, which is correct across processes and servers. Any other cache gets the
+store, which is correct across processes and servers; a django-redis cache
+behind Redis Sentinel gets it on the primary the sentinels name. Any other cache gets the
 embedded store on Django's cache API, which is correct within one process.
 """
 
@@ -26,6 +27,7 @@ from .base import (
     SessionPolicy,
 )
 from .local import LocalStore
+from .sentinel import sentinel_settings
 
 __all__ = [
     "REDIS_BACKENDS",
@@ -79,9 +81,11 @@ def _build() -> PresenceStore:
     config = cache_config(conf.CACHE)
     backend = config.get("BACKEND", "")
     if is_redis_backend(backend):
+        # Read first: a half-done Sentinel set-up fails here, naming what is missing.
+        sentinel = sentinel_settings(config)
         from .redis import RedisStore
 
-        return RedisStore.from_cache_config(config, conf)
+        return RedisStore.from_cache_config(config, conf, sentinel)
     return LocalStore(conf.CACHE, prefix=conf.KEY_PREFIX, ttl=conf.TTL, grace=conf.LEAVE_GRACE)
 
 

@@ -541,11 +541,14 @@ end
 
 -- The context, connection id, user and record hash of a call about one
 -- recorded connection (ARGV[5] cid, [6] user); nil when it is not recorded.
+-- The call is one of the node's own writes: counted (see beat), so a store
+-- that lost it (a failover to a replica that had not got it) shows fewer.
 local function recorded(args)
   local C = context(args)
   local cid, u = args[5], opt(args[6])
   local hk = holder(C, u, cid)
   if redis.call('HEXISTS', hk, cid) == 0 then return nil end
+  redis.call('HINCRBY', k_node(C, (node_of(cid))), 'w', 1)
   return C, cid, u, hk
 end
 
@@ -613,8 +616,9 @@ end
 
 -- beat: ARGV[5] node, [6] its channel prefix, [7] inbox batch, [8] reap
 -- budget, [9] settle batch, [10] how many of its own writes (connects,
--- disconnects) the node saw answered: more than the store counted means Redis
--- went back in time (a restore from an older snapshot). Keeps the node alive: one ZADD, however many
+-- disconnects, joins, leaves, metadata of recorded connections) the node saw
+-- answered: more than the store counted means Redis went back in time (a
+-- restore from an older snapshot, a failover that lost the last writes). Keeps the node alive: one ZADD, however many
 -- connections it holds. Returns JSON [state, closed, expired, settled, more,
 -- seconds until another node's deadline (-1: none), prefixes]; state 0 ok,
 -- 1 the node's records were lost (write them back), 2 it was counted out.

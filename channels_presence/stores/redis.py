@@ -28,14 +28,16 @@ import logging
 import math
 import re
 import threading
-from collections.abc import Callable, Generator, Mapping
+from collections.abc import Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any, Generic, TypeVar
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qsl, unquote, urlsplit, urlunsplit
 
 import redis
 import redis.asyncio
+import redis.asyncio.sentinel
+import redis.sentinel
 from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -57,6 +59,7 @@ from .base import (
     RestoreResult,
     SessionPolicy,
 )
+from .sentinel import SentinelSettings
 
 __all__ = ["RedisStore"]
 
@@ -102,6 +105,17 @@ def _load_library() -> tuple[str, str]:
 
 
 LIBRARY, _SOURCE = _load_library()
+
+
+class _BlockingSentinelPool(redis.sentinel.SentinelConnectionPool, redis.BlockingConnectionPool):
+    """redis-py's Sentinel pool (it follows the primary) that waits for a free
+    connection, as the store's plain pool does, instead of failing past its size."""
+
+
+class _AsyncBlockingSentinelPool(
+    redis.asyncio.sentinel.SentinelConnectionPool, redis.asyncio.BlockingConnectionPool
+):
+    """The async twin of :class:`_BlockingSentinelPool`."""
 
 
 @dataclass(frozen=True)
@@ -231,6 +245,12 @@ class RedisStore:
     ``connection_kwargs`` (``password``, ``db``, ``socket_timeout``...) go to
     the connection pool of both clients. ``ttl`` is how long a node's
     connections count after its last heartbeat. Needs Redis 7.0 or later.
+
+    With ``sentinels`` (``[(host, port), ...]``) the URL's host is the name
+    the sentinels monitor the primary by (``redis://mymaster/0``, as in
+    django-redis), and both clients ask the sentinels where the primary is:
+    after a failover they reconnect to the promoted replica by themselves.
+    ``sentinel_kwargs`` are connection arguments for the sentinels.
     """
 
     def __init__(
@@ -242,6 +262,8 @@ class RedisStore:
         connection_kwargs: Mapping[str, Any] | None = None,
         grace: float = 0.0,
         reap_budget: int = REAP_BUDGET,
+        sentinels: Sequence[tuple[str, int]] | None = None,
+        sentinel_kwargs: Mapping[str, Any] | None = None,
     ) -> None:
         if not re.fullmatch(r"[A-Za-z0-9_.:{}\-]{1,64}", prefix):
             raise ValueError(
@@ -250,6 +272,17 @@ class RedisStore:
         if not ttl > 0:
             raise ValueError(f"ttl is {ttl!r}; it must be a positive number of seconds.")
         self.url = url
+        self.sentinels = tuple((str(host), int(port)) for host, port in sentinels or ())
+        self.sentinel_kwargs = None if sentinel_kwargs is None else dict(sentinel_kwargs)
+        self.service = ""
+        if self.sentinels:
+            parts = urlsplit(url)
+            if parts.scheme not in ("redis", "rediss") or not parts.hostname:
+                raise ValueError(
+                    f"With sentinels, url {_safe_url(url)!r} must be "
+                    "'redis://<service name>/<db>' (the host names the monitored primary)."
+                )
+            self.service = parts.hostname
         self.prefix = prefix
         self.ttl = float(ttl)
         self.grace = float(grace)
@@ -267,8 +300,8 @@ class RedisStore:
         self._node_prefixes: dict[str, str] = {}
         #: Nodes this process recorded a connection of.
         self._live_nodes: set[str] = set()
-        #: Each node's own writes (connects, disconnects) answered so far: a
-        #: store that counts fewer went back in time (see the beat).
+        #: Each node's own writes (connects, disconnects, joins, leaves, metadata)
+        #: answered so far: a store that counts fewer went back in time (see the beat).
         self._writes: dict[str, int] = {}
         self._lock = threading.Lock()
         self._sync: redis.Redis | None = None
@@ -281,10 +314,20 @@ class RedisStore:
         )
 
     def __repr__(self) -> str:
+        if self.sentinels:
+            return (
+                f"RedisStore(service={self.service!r}, sentinels={self._sentinel_list()!r}, "
+                f"prefix={self.prefix!r})"
+            )
         return f"RedisStore(url={_safe_url(self.url)!r}, prefix={self.prefix!r})"
 
     @classmethod
-    def from_cache_config(cls, config: Mapping[str, Any], settings: PresenceSettings) -> RedisStore:
+    def from_cache_config(
+        cls,
+        config: Mapping[str, Any],
+        settings: PresenceSettings,
+        sentinel: SentinelSettings | None = None,
+    ) -> RedisStore:
         """A store on the Redis server of a Django ``CACHES`` entry.
 
         Understands ``django_redis.cache.RedisCache`` (``OPTIONS`` such as
@@ -296,6 +339,8 @@ class RedisStore:
         both backends treat it, and presence needs to write. As for the cache
         itself, a database or password in the URL wins over ``OPTIONS``
         (redis-py's precedence), so presence lands where the cache does.
+        ``sentinel`` (read by :func:`.sentinel.sentinel_settings`) puts the
+        store behind Redis Sentinel, as django-redis's ``SentinelClient``.
         """
         location = config.get("LOCATION") or "redis://localhost:6379/0"
         if isinstance(location, str):
@@ -328,6 +373,8 @@ class RedisStore:
             ttl=settings.TTL,
             connection_kwargs=kwargs,
             grace=settings.LEAVE_GRACE,
+            sentinels=sentinel.sentinels if sentinel else None,
+            sentinel_kwargs=sentinel.sentinel_kwargs if sentinel else None,
         )
 
     # Keys ---------------------------------------------------------------------
@@ -342,15 +389,31 @@ class RedisStore:
 
     # Running commands -----------------------------------------------------------
 
+    def _sentinel_list(self) -> str:
+        return ", ".join(f"{host}:{port}" for host, port in self.sentinels)
+
+    def _where(self) -> str:
+        if self.sentinels:
+            return f"Redis service {self.service!r} (Sentinel at {self._sentinel_list()})"
+        return f"Redis at {_safe_url(self.url)}"
+
     def _unavailable(self, exc: RedisError) -> StoreUnavailable:
-        where = _safe_url(self.url)
+        where = self._where()
+        if isinstance(
+            exc, (redis.sentinel.MasterNotFoundError, redis.asyncio.sentinel.MasterNotFoundError)
+        ):
+            return StoreUnavailable(
+                f"{where} is unreachable: no sentinel names a primary for {self.service!r} "
+                f"(is the service name right, are the sentinels up, is a failover under "
+                f"way?): {exc}"
+            )
         if isinstance(exc, (RedisConnectionError, RedisTimeoutError)):
-            return StoreUnavailable(f"Redis at {where} is unreachable: {exc}")
-        return StoreUnavailable(f"Redis at {where} failed: {type(exc).__name__}: {exc}")
+            return StoreUnavailable(f"{where} is unreachable: {exc}")
+        return StoreUnavailable(f"{where} failed: {type(exc).__name__}: {exc}")
 
     def _old_redis(self, exc: ResponseError) -> StoreUnavailable:
         return StoreUnavailable(
-            f"Redis at {_safe_url(self.url)} refused FUNCTION LOAD ({exc}): the presence "
+            f"{self._where()} refused FUNCTION LOAD ({exc}): the presence "
             "store needs Redis 7.0 or later."
         )
 
@@ -363,28 +426,79 @@ class RedisStore:
         kwargs.setdefault("timeout", SOCKET_TIMEOUT)
         return kwargs
 
+    def _sentinel_pool_kwargs(self) -> dict[str, Any]:
+        """The pool arguments of a Sentinel client: the URL's database and
+        credentials over ours (redis-py's precedence, as ``from_url``)."""
+        kwargs = self._pool_kwargs()
+        parts = urlsplit(self.url)
+        if parts.username:
+            kwargs["username"] = unquote(parts.username)
+        if parts.password:
+            kwargs["password"] = unquote(parts.password)
+        db = parts.path.strip("/") or dict(parse_qsl(parts.query)).get("db", "")
+        if db:
+            kwargs["db"] = int(db)
+        if parts.scheme == "rediss":
+            kwargs["ssl"] = True
+        return kwargs
+
+    def _sentinel_socket_kwargs(self, retry: Any) -> dict[str, Any]:
+        """How to reach the sentinels: ``sentinel_kwargs``, or redis-py's default
+        (the data connections' socket timeouts); a sentinel that does not answer
+        is not retried (redis-py would, for seconds): the next one is asked."""
+        if self.sentinel_kwargs is not None:
+            kwargs = dict(self.sentinel_kwargs)
+        else:
+            kwargs = {k: v for k, v in self._kwargs.items() if k.startswith("socket_")}
+        kwargs.setdefault("retry", retry)
+        return kwargs
+
     def _sync_client(self) -> redis.Redis:
         with self._lock:
             if self._sync is None:
-                pool = redis.BlockingConnectionPool.from_url(
-                    self.url,
-                    # One quick retry covers a pooled socket that died with a
-                    # Redis restart; timeouts are not retried, since the
-                    # script may have run.
-                    retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
-                    **self._pool_kwargs(),
-                )
-                self._sync = redis.Redis(connection_pool=pool)
+                # One quick retry covers a pooled socket that died with a
+                # Redis restart (or a primary demoted by a failover, which
+                # redis-py's Sentinel connection turns into a connection
+                # error); timeouts are not retried, since the script may have run.
+                retry = Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,))
+                if self.sentinels:
+                    manager = redis.sentinel.Sentinel(  # type: ignore[no-untyped-call]
+                        self.sentinels,
+                        sentinel_kwargs=self._sentinel_socket_kwargs(Retry(NoBackoff(), 0)),
+                    )
+                    self._sync = manager.master_for(  # type: ignore[no-untyped-call]
+                        self.service,
+                        connection_pool_class=_BlockingSentinelPool,
+                        retry=retry,
+                        **self._sentinel_pool_kwargs(),
+                    )
+                else:
+                    pool = redis.BlockingConnectionPool.from_url(
+                        self.url, retry=retry, **self._pool_kwargs()
+                    )
+                    self._sync = redis.Redis(connection_pool=pool)
             return self._sync
 
     def _async_client(self) -> redis.asyncio.Redis:
         return self._async.get()
 
     def _new_async_client(self) -> redis.asyncio.Redis:
+        retry = AsyncRetry(NoBackoff(), 1, supported_errors=(RedisConnectionError,))
+        if self.sentinels:
+            # The sentinels' clients belong to this loop too.
+            manager = redis.asyncio.sentinel.Sentinel(  # type: ignore[no-untyped-call]
+                self.sentinels,
+                sentinel_kwargs=self._sentinel_socket_kwargs(AsyncRetry(NoBackoff(), 0)),
+            )
+            client: redis.asyncio.Redis = manager.master_for(
+                self.service,
+                connection_pool_class=_AsyncBlockingSentinelPool,
+                retry=retry,
+                **self._sentinel_pool_kwargs(),
+            )
+            return client
         apool = redis.asyncio.BlockingConnectionPool.from_url(
-            self.url,
-            retry=AsyncRetry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
-            **self._pool_kwargs(),
+            self.url, retry=retry, **self._pool_kwargs()
         )
         return redis.asyncio.Redis(connection_pool=apool)
 
@@ -456,6 +570,9 @@ class RedisStore:
     def _node_key(self, node: str) -> str:
         return f"{self.prefix}/n{{{node}}}"
 
+    def _count_write(self, node: str) -> None:
+        self._writes[node] = self._writes.get(node, 0) + 1
+
     def _prefix_of(self, node: str, channel: str = "") -> str:
         prefix = self._node_prefixes.get(node)
         if prefix is None:
@@ -505,7 +622,7 @@ class RedisStore:
             return ConnectResult(accepted=False, refused=refused)
         # The node's first connect marks it live; later ones must not (see beat).
         self._live_nodes.add(node)
-        self._writes[node] = self._writes.get(node, 0) + 1
+        self._count_write(node)
         _, came_online, joined, evicted, t_ms, sessions, prefixes = reply
         departures = list(_departures(evicted, _prefixes(prefixes)))
         # Whole sessions taken over by this one: removed in bounded batches.
@@ -526,7 +643,7 @@ class RedisStore:
         node = connection.node
 
         def parse(raw: str) -> Departure | None:
-            self._writes[node] = self._writes.get(node, 0) + 1
+            self._count_write(node)
             dep, prefixes = json.loads(raw)
             return _departures([dep], _prefixes(prefixes))[0] if dep else None
 
@@ -549,18 +666,24 @@ class RedisStore:
         self, name: str, connection: Connection, groups: tuple[str, ...]
     ) -> _Op[tuple[str, ...]]:
         def parse(raw: str) -> tuple[str, ...]:
-            return _strings(json.loads(raw))
+            changed = json.loads(raw)
+            if changed is not False:  # recorded: the store counted a write
+                self._count_write(connection.node)
+            return _strings(changed)
 
         cid = self._check_id(connection)
         user = _opt(connection.user)
         return self._fcall(name, self._user_key(user), cid, user, _group_list(groups), parse=parse)
 
     def _set_meta_op(self, connection: Connection, meta: dict[str, Any] | None) -> _Op[bool]:
+        def parse(raw: Any) -> bool:
+            if raw:  # recorded: the store counted a write
+                self._count_write(connection.node)
+            return bool(raw)
+
         cid = self._check_id(connection)
         user = _opt(connection.user)
-        return self._fcall(
-            "set_meta", self._user_key(user), cid, user, _meta(meta), parse=lambda r: bool(r)
-        )
+        return self._fcall("set_meta", self._user_key(user), cid, user, _meta(meta), parse=parse)
 
     def _refresh_op(self, node: str) -> _Op[RefreshResult]:
         def parse(raw: str) -> RefreshResult:
@@ -966,6 +1089,9 @@ class RedisStore:
             sync.close()
             # A pool handed to the client is not closed with it.
             sync.connection_pool.disconnect()
+            manager = getattr(sync.connection_pool, "sentinel_manager", None)
+            if manager is not None:
+                manager.close()
         try:
             current: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
         except RuntimeError:
@@ -987,6 +1113,9 @@ async def _close_async_client(client: redis.asyncio.Redis) -> None:
     """Close a client and its pool's connections (a pool handed to it stays open)."""
     await client.aclose()
     await client.connection_pool.disconnect()
+    manager = getattr(client.connection_pool, "sentinel_manager", None)
+    if manager is not None:
+        await manager.aclose()
 
 
 def _members(conns: tuple[Connection, ...]) -> tuple[GroupMember, ...]:

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from tests.e2e.harness import Clients, Cluster, ServerConfig, setup_database
+from tests.redis_sentinel import SentinelSetup
 from tests.redis_server import RedisServer, find_redis_server
 
 #: Users the shared database holds; every one has the password harness.PASSWORD.
@@ -85,6 +86,9 @@ def start_cluster(
 ) -> Iterator[Callable[..., Cluster]]:
     """Start servers: ``start_cluster(presence={...}, names=("a", "b"), kind="uvicorn")``.
 
+    ``sentinel=setup`` puts the presence cache behind that Sentinel set-up
+    (the channel layer stays on its own Redis).
+
     ``record_events=True`` makes them record every presence signal (see
     ``harness.recorded_events``).
 
@@ -101,9 +105,11 @@ def start_cluster(
         cache_backend: str = "django_redis",
         presence_enabled: bool = True,
         record_events: bool = False,
+        sentinel: SentinelSetup | None = None,
     ) -> Cluster:
         config = ServerConfig(
-            redis_url=redis_url,
+            redis_url=sentinel.location() if sentinel else redis_url,
+            sentinels=sentinel.sentinel_addresses if sentinel else None,
             layer_redis_url=layer_redis_url,
             db_path=e2e_dir / "db.sqlite3",
             log_dir=e2e_dir,

@@ -249,6 +249,9 @@ class ServerConfig:
     presence_enabled: bool = True
     #: Record every presence signal in the list :attr:`events_key` (project/recorder.py).
     record_events: bool = False
+    #: ``[(host, port), ...]``: the presence cache is behind these Redis sentinels
+    #: (``redis_url`` then names the service: ``redis://<service>/<db>``).
+    sentinels: list[tuple[str, int]] | None = None
 
     @property
     def layer_prefix(self) -> str:
@@ -336,6 +339,9 @@ class AsgiServer:
         }
         env.pop("E2E_PLAIN", None)
         env.pop("E2E_RECORD_EVENTS", None)
+        env.pop("E2E_SENTINELS", None)
+        if c.sentinels:
+            env["E2E_SENTINELS"] = json.dumps(c.sentinels)
         if not c.presence_enabled:
             env["E2E_PLAIN"] = "1"
         if c.record_events:

@@ -1,4 +1,4 @@
-"""Presence across real server processes sharing one Redis.
+"""Presence across real server processes sharing one Redis, or one Sentinel service.
 
 Each test starts its own servers (uvicorn unless stated) with its own key
 prefixes, logs users in through Django's LoginView and connects real
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import time
 from collections.abc import Callable
 from typing import Any
@@ -110,6 +111,24 @@ async def redis_down(server: RedisServer) -> Any:
     finally:
         if server.process is None:
             await asyncio.to_thread(server.start)
+
+
+@pytest.fixture(params=["redis", "sentinel"])
+def start_cluster(request: pytest.FixtureRequest, start_cluster: StartCluster) -> StartCluster:
+    """Every test here runs with the presence cache on one Redis, then behind Sentinel
+    (the session's set-up, never failed over: test_sentinel_e2e.py does that)."""
+    if request.param == "redis":
+        return start_cluster
+    if "redis_server" in inspect.signature(request.function).parameters:
+        pytest.skip("stops or restarts the plain presence Redis (see test_sentinel_e2e.py)")
+    setup = request.getfixturevalue("sentinel_setup")
+
+    def start(presence: dict[str, Any] | None = None, **kwargs: Any) -> Cluster:
+        if kwargs.get("cache_backend", "django_redis") != "django_redis":
+            pytest.skip("Django's own RedisCache has no Sentinel support")
+        return start_cluster(presence, sentinel=setup, **kwargs)
+
+    return start
 
 
 def own_redis(redis_server: RedisServer | None) -> RedisServer:

@@ -6,6 +6,9 @@
 ``E2E_PRESENCE``         JSON object used as ``CHANNELS_PRESENCE``.
 ``E2E_KEY_PREFIX``       keeps one test's Redis keys apart from another's.
 ``E2E_CACHE_BACKEND``    ``django_redis`` (default) or ``django`` (Django's RedisCache).
+``E2E_SENTINELS``        JSON list of ``[host, port]``: the presence cache is behind
+                         Redis Sentinel (django-redis's SentinelClient), ``REDIS_URL``
+                         being ``redis://<service name>/<db>``.
 ``E2E_SERVER_NAME``      a label each server reports, e.g. ``a`` or ``b``.
 ``E2E_RECORD_EVENTS``    ``1``: record every presence signal (see :mod:`.recorder`).
 """
@@ -79,6 +82,13 @@ CACHES = {
         "KEY_PREFIX": KEY_PREFIX,
     }
 }
+if os.environ.get("E2E_SENTINELS"):
+    # As django-redis documents Sentinel (the factory given per cache here).
+    CACHES["default"]["OPTIONS"] = {
+        "CLIENT_CLASS": "django_redis.client.SentinelClient",
+        "CONNECTION_FACTORY": "django_redis.pool.SentinelConnectionFactory",
+        "SENTINELS": [tuple(pair) for pair in json.loads(os.environ["E2E_SENTINELS"])],
+    }
 
 CHANNEL_LAYERS = {
     "default": {
