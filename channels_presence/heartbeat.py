@@ -15,7 +15,10 @@ holds, and no Python work per connection either. The same call hands back:
 * that the store lost the node (flushed, restarted empty): every local
   connection is written back, in batches;
 * that the node was counted out (this loop stalled past ``TTL``): every local
-  connection is closed with 1001 and the loop starts again as a new node.
+  connection is closed with 1001 and the loop starts again as a new node;
+* which of a slice of its connections (``AUDIT_BATCH`` a beat, in turn) the
+  store holds only in part (a key evicted or deleted on its own): what was
+  lost is put back.
 
 When another node's deadline is due before the next beat, the heartbeat wakes
 then, so a dead node's connections stop counting soon after its ``TTL``.
@@ -28,6 +31,7 @@ the node.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import itertools
 import secrets
@@ -45,7 +49,7 @@ from .exceptions import StoreUnavailable
 from .logs import logger, store_failures
 from .loops import PerLoop
 from .stores import get_store, session_policy
-from .stores.base import Connection, RefreshResult
+from .stores.base import AUDIT_BATCH, Connection, RefreshResult
 
 if TYPE_CHECKING:
     from .tracker import PresenceTracker
@@ -97,6 +101,9 @@ class Heartbeat:
         self.orphans: dict[str, Connection] = {}
         #: The channel layer came back from an outage: its groups need us again.
         self.regroup = False
+        #: Connection ids in the order the store audits them (closed ones are
+        #: dropped as they come up).
+        self._audit: collections.deque[str] = collections.deque()
         self._task: asyncio.Task[None] | None = None
         self._closing: set[asyncio.Task[None]] = set()
 
@@ -110,6 +117,7 @@ class Heartbeat:
     def add(self, tracker: PresenceTracker) -> None:
         """Keep ``tracker`` alive from now on; starts the loop's task if needed."""
         self.trackers[tracker.conn_id] = tracker
+        self._audit.append(tracker.conn_id)
         if not tracker.recorded:
             self.unrecorded[tracker.conn_id] = tracker
         self._start()
@@ -183,7 +191,7 @@ class Heartbeat:
 
     async def _beat(self) -> RefreshResult | None:
         try:
-            result = await get_store().arefresh(self.node)
+            result = await get_store().arefresh(self.node, self._audit_slice())
         except StoreUnavailable as exc:
             store_failures.failed(exc)
             return None
@@ -195,6 +203,8 @@ class Heartbeat:
             await self._restore()
         if self.orphans:
             await self._remove_orphans()
+        if result.broken:
+            await self._repair(result.broken)
         if self.regroup:
             await self._regroup()
         # What the store removed and claimed exists nowhere else now: report it first.
@@ -244,6 +254,52 @@ class Heartbeat:
                 FORCE_CLOSE_AFTER,
             )
             await tracker.force_close(code)
+
+    def _audit_slice(self) -> tuple[Connection, ...]:
+        """The next ``AUDIT_BATCH`` recorded local connections, in turn."""
+        picked: list[Connection] = []
+        for _ in range(len(self._audit)):
+            if len(picked) >= AUDIT_BATCH:
+                break
+            conn_id = self._audit.popleft()
+            tracker = self.trackers.get(conn_id)
+            if tracker is None:
+                continue  # closed: forgotten here too
+            self._audit.append(conn_id)
+            snapshot = tracker.snapshot() if tracker.recorded and tracker.tracked else None
+            if snapshot is not None and snapshot.node == self.node:
+                picked.append(snapshot)
+        return tuple(picked)
+
+    async def _repair(self, broken: tuple[str, ...]) -> None:
+        """Put back what the store lost of local connections (a key evicted or
+        deleted on its own); one that no longer fits its user's limit (a connect
+        took its place meanwhile) is closed as superseded."""
+        trackers = [self.trackers[c] for c in broken if c in self.trackers]
+        if not trackers:
+            return
+        store = get_store()
+        try:
+            result = await store.arepair(tuple(t.snapshot() for t in trackers), session_policy())
+        except StoreUnavailable as exc:
+            store_failures.failed(exc)
+            return
+        logger.warning(
+            "Presence heartbeat put back %d connection(s) whose keys the store lost "
+            "(evicted or deleted).",
+            len(trackers),
+        )
+        for conn_id in result.refused:
+            refused = self.trackers.get(conn_id)
+            if refused is not None:
+                await self._close(refused, "superseded", None)
+        # Closed while the repair was in flight: its removal may have run first.
+        for tracker in trackers:
+            if tracker.conn_id not in self.trackers and tracker.conn_id not in result.refused:
+                try:
+                    await store.adisconnect(tracker.snapshot())
+                except StoreUnavailable as exc:
+                    store_failures.failed(exc)
 
     async def _remove_orphans(self) -> None:
         store = get_store()
