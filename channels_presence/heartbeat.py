@@ -65,6 +65,11 @@ LATE = 0.05
 #: A socket asked to close through the layer that is still open this much
 #: later (its consumer is stuck, or the message was lost) is closed directly.
 FORCE_CLOSE_AFTER = 2.0
+#: A connection whose socket ended (or whose consumer raised) and whose
+#: application has still not finished this long after is dropped from presence
+#: by the next heartbeat: its cleanup is stuck. Above channels_redis's 5 s
+#: blocking read, which a closing consumer may wait out.
+STUCK_AFTER = 10.0
 #: Local connections taken back into their layer groups per step, after a
 #: channel-layer outage (the loop runs other work between steps).
 REGROUP_CHUNK = 500
@@ -101,6 +106,8 @@ class Heartbeat:
         self.orphans: dict[str, Connection] = {}
         #: The channel layer came back from an outage: its groups need us again.
         self.regroup = False
+        #: Connections whose socket ended but which are still counted.
+        self._ending: dict[str, PresenceTracker] = {}
         #: Connection ids in the order the store audits them (closed ones are
         #: dropped as they come up).
         self._audit: collections.deque[str] = collections.deque()
@@ -118,6 +125,8 @@ class Heartbeat:
         """Keep ``tracker`` alive from now on; starts the loop's task if needed."""
         self.trackers[tracker.conn_id] = tracker
         self._audit.append(tracker.conn_id)
+        if tracker.ended_at is not None:  # its socket ended while it connected
+            self._ending[tracker.conn_id] = tracker
         if not tracker.recorded:
             self.unrecorded[tracker.conn_id] = tracker
         self._start()
@@ -145,6 +154,12 @@ class Heartbeat:
         """Stop keeping ``tracker`` alive."""
         self.trackers.pop(tracker.conn_id, None)
         self.unrecorded.pop(tracker.conn_id, None)
+        self._ending.pop(tracker.conn_id, None)
+
+    def ending(self, tracker: PresenceTracker) -> None:
+        """``tracker``'s socket ended: its application should finish soon."""
+        if tracker.conn_id in self.trackers:
+            self._ending[tracker.conn_id] = tracker
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -221,7 +236,29 @@ class Heartbeat:
                 await self._close(closing, reason, result.close_codes.get(conn_id))
         for tracker in list(self.unrecorded.values()):
             await tracker.arecover()
+        await self._drop_stuck()
         return result
+
+    async def _drop_stuck(self) -> None:
+        """Drop connections whose application did not finish ``STUCK_AFTER``
+        seconds after their socket ended: presence must not keep them alive."""
+        now = time.monotonic()
+        for tracker in list(self._ending.values()):
+            if tracker.ended_at is None or now - tracker.ended_at < STUCK_AFTER:
+                continue
+            logger.warning(
+                "Dropped %s from presence: its application had not finished %.0f s after "
+                "its socket ended (a cleanup that hangs).",
+                tracker.channel_name,
+                STUCK_AFTER,
+            )
+            # The socket may still wait for the application (a handshake): end it.
+            with contextlib.suppress(Exception):
+                await tracker.force_close(1011)
+            try:
+                await tracker.adisconnect()
+            except Exception:  # the next beat tries again
+                logger.exception("Could not drop %r from presence", tracker)
 
     def _layer(self) -> Any:
         # A lingering heartbeat has no local connection to borrow a layer from.

@@ -100,6 +100,10 @@ class PresenceTracker:
         self.state = State.NEW
         #: Whether the store holds this connection (it may not, after a store error).
         self.recorded = False
+        #: When (``time.monotonic()``) its socket ended or its application
+        #: began to end; the heartbeat drops it from presence should the
+        #: application not have finished ``STUCK_AFTER`` seconds later.
+        self.ended_at: float | None = None
         self._connecting: asyncio.Future[ConnectResult] | None = None
 
     def __repr__(self) -> str:
@@ -344,6 +348,14 @@ class PresenceTracker:
             listeners.note_left(departure.connection.groups)
             await events.departed(departure, reason="disconnected")
         return departure
+
+    def ended(self) -> None:
+        """The socket ended, or the application is ending (a close was sent, the
+        disconnect arrived, the consumer raised): its cleanup should follow."""
+        if self.ended_at is None:
+            self.ended_at = time.monotonic()
+            if self.state is State.CONNECTED and self.tracked:
+                get_heartbeat().ending(self)
 
     def is_open(self) -> bool:
         """Whether the socket is still open (connected, not yet disconnected)."""

@@ -19,7 +19,9 @@ import pytest
 import redis
 from asgiref.sync import sync_to_async
 from channels.layers import channel_layers
+from channels.testing import WebsocketCommunicator
 from django.contrib.auth import get_user_model
+from django.contrib.auth.models import AnonymousUser
 from django.test import Client, override_settings
 
 import channels_presence as presence
@@ -31,6 +33,8 @@ from channels_presence.logs import store_failures
 from channels_presence.stores import get_store
 from channels_presence.stores.base import Connection, SessionPolicy
 from channels_presence.stores.redis import RedisStore
+from tests.asgi import application
+from tests.conftest import FakeUser
 from tests.redis_server import RedisServer, find_redis_server, free_port
 from tests.test_consumers import closed_with
 
@@ -542,3 +546,59 @@ async def test_sockets_whose_records_were_lost_are_written_back_and_counted_out_
     await first.disconnect()
     await second.disconnect()
     assert (await presence.agroup_size("lobby"), await presence.agroup_members("lobby")) == (1, [2])
+
+
+# Cleanups that hang --------------------------------------------------------------------
+
+
+async def test_a_consumer_raising_in_connect_after_one_that_closed_there_ends_and_leaves_nothing(
+    ws: Any, backend: str, redis_layer: RedisServer, presence_settings: Any
+) -> None:
+    """Item 9: the refused socket's cancelled layer read let channels_redis (over
+    redis-py) swallow the next consumer's cancellation and block again, so that
+    application never ended, its cleanup never ran, and the heartbeat kept it
+    counted for good (2 of 3 tries with real servers). The mixin's layer read
+    now ends on cancellation, and cancels the layer's read until it ends."""
+    presence_settings(ANONYMOUS="track", LEAVE_GRACE=0)
+    for _ in range(3):
+        refused = await ws("/ws/close-in-connect/", expect=False)  # closed with 1000
+        await refused.send_input({"type": "websocket.disconnect", "code": 1006})  # as a server does
+        await refused.wait(timeout=3)
+
+        raising = WebsocketCommunicator(application, "/ws/crash/connect/")
+        raising.scope["user"] = AnonymousUser()
+        await raising.send_input({"type": "websocket.connect"})
+        done, _ = await asyncio.wait([raising.future], timeout=3)
+        assert done, "the application hung in its cleanup"
+        with pytest.raises(RuntimeError, match="boom in connect"):
+            raising.future.result()
+        assert await presence.agroup_size("crash") == 0
+        assert await presence.agroup_size("lobby") == 0
+        assert len(get_heartbeat()) == 0
+
+
+async def test_a_connection_whose_application_is_stuck_after_its_socket_ended_is_dropped(
+    ws: Any, backend: str, presence_settings: Any, monkeypatch: pytest.MonkeyPatch, caplog: Any
+) -> None:
+    """Its connect() refused the socket, then hung. Presence must not keep it: the
+    first heartbeat STUCK_AFTER seconds after the socket ended drops it."""
+    from channels_presence import heartbeat
+
+    monkeypatch.setattr(heartbeat, "STUCK_AFTER", 0.3)
+    presence_settings(LEAVE_GRACE=0)
+    comm = WebsocketCommunicator(application, "/ws/hang/")
+    comm.scope["user"] = FakeUser(1)
+    await comm.send_input({"type": "websocket.connect"})
+    assert (await comm.receive_output(timeout=3))["type"] == "websocket.close"
+    assert await presence.ais_online(1)  # the application never returns to end it
+    await get_heartbeat().beat()
+    assert await presence.ais_online(1), "dropped before STUCK_AFTER"
+
+    await asyncio.sleep(0.3)
+    await get_heartbeat().beat()
+
+    assert not await presence.ais_online(1)
+    assert await presence.agroup_size("lobby") == 0
+    assert len(get_heartbeat()) == 0
+    assert any("had not finished" in r.getMessage() for r in caplog.records)
+    comm.future.cancel()  # the stuck application itself is the test's to end
