@@ -218,8 +218,10 @@ class Heartbeat:
             await self._restore()
         if self.orphans:
             await self._remove_orphans()
-        if result.broken:
-            await self._repair(result.broken)
+        # Those removed by others are closed below, never put back.
+        broken = tuple(c for c in result.broken if c not in result.close_reasons)
+        if broken:
+            await self._repair(broken)
         if self.regroup:
             await self._regroup()
         # What the store removed and claimed exists nowhere else now: report it first.

@@ -474,6 +474,26 @@ def test_a_lost_group_key_is_rebuilt_exactly_by_the_heartbeats_of_its_members(
     assert list(admin.scan_iter(match=f"{key_prefix}/g*")) == []
 
 
+def test_an_audit_never_puts_back_a_connection_that_others_removed(
+    lossy: tuple[RedisStore, redis.Redis],
+) -> None:
+    """Evicted by a newer connect (record and bucket entry gone), the old socket is
+    still local to its node when the beat audits it: it must be closed, never
+    written back (the soak test caught a ghost there: a lobby count one too low
+    once the resurrected record was disconnected)."""
+    store, _ = lossy
+    old, new = _conn("nodea", 1, "1"), _conn("nodeb", 1, "1")
+    assert store.connect(old, presence_policy()).accepted
+    assert store.connect(new, presence_policy()).evicted
+
+    result = store.refresh("nodea", (old,))
+
+    assert result.broken == () and result.closed == ("nodea.1",)
+    assert store.repair((old,), presence_policy()).restored == 0
+    assert store.disconnect(old) is None
+    assert _populations(store) == (1, 1, ["1"], True)
+
+
 def test_a_lost_bucket_is_rebuilt_so_a_crash_still_removes_its_connections(
     lossy: tuple[RedisStore, redis.Redis], key_prefix: str, redis_url: str
 ) -> None:

@@ -603,7 +603,8 @@ class LocalStore:
         users: dict[str, dict[str, float]] = state.get(self._users, dict)
         rec = conns.get(conn.channel_name)
         if rec is None:
-            return False
+            # Removed (evicted, kicked: its node closes it) unless some of it is left.
+            return not self._remnants(state, conn)
         user = rec["u"]
         if user is not None and conn.channel_name not in users.get(user, {}):
             return False
@@ -630,6 +631,8 @@ class LocalStore:
                 rec = conns.get(conn.channel_name)
                 if rec is not None:
                     conn = _to_connection(conn.channel_name, rec)
+                elif not self._remnants(state, conn):
+                    continue  # removed meanwhile, not lost: its node closes it
                 # What is left of it goes, quietly; then it is written whole.
                 self._remove(state, conn.channel_name, now)
                 self._remove_lost(state, conn, now)
@@ -648,6 +651,13 @@ class LocalStore:
             return RestoreResult(restored=repaired, refused=tuple(refused))
 
         return self._run(op)
+
+    def _remnants(self, state: _State, conn: Connection) -> bool:
+        """Whether anything is left of a connection whose record is gone."""
+        users: dict[str, dict[str, float]] = state.get(self._users, dict)
+        if conn.user is not None and conn.channel_name in users.get(conn.user, {}):
+            return True
+        return any(conn.channel_name in state.get(self._g(g), dict) for g in conn.groups)
 
     def _drop_pending(self, state: _State, conn: Connection) -> None:
         # A repair announces nothing: the departures its removal marked go.

@@ -577,14 +577,17 @@ end
 
 -- Whether a live connection of `node` is whole: its record, its bucket entry
 -- (under the node's bucket count), and its count in each of its groups.
+-- A connection with neither record nor bucket entry was removed (evicted,
+-- kicked: its node closes it), not lost: nothing to put back.
 local function whole(C, node, seq, u)
   local cid = node .. '.' .. seq
   local hk = holder(C, u, cid)
   local rec = redis.call('HMGET', hk, cid, cid .. '|g')
-  if not rec[1] then return false end
   local b = bucket_of(seq)
+  local listed = redis.call('HEXISTS', k_bucket(C, node, b), seq) == 1
+  if not rec[1] then return not listed end
   if C.top == nil then C.top = tonumber(redis.call('HGET', k_node(C, node), 'b')) or 0 end
-  if b >= C.top or redis.call('HEXISTS', k_bucket(C, node, b), seq) == 0 then return false end
+  if b >= C.top or not listed then return false end
   for _, g in ipairs(split(rec[2], ',')) do
     if not (counted(C, g, u, cid) and group_sound(C, g)) then return false end
   end
@@ -849,9 +852,11 @@ local function restore(keys, args)
 end
 
 -- repair: the arguments of restore, for connections an audit found broken.
--- A lost record is written back under the limits (its groups still count it,
--- or are mended next); one refused is counted out of its groups. Then its
--- bucket entry and its groups are mended. Returns JSON [repaired, cids refused].
+-- A lost record (its bucket entry says it was never removed) is written back
+-- under the limits (its groups still count it, or are mended next); one
+-- refused is counted out of its groups. Then its bucket entry and its groups
+-- are mended. One removed meanwhile is left alone. Returns JSON [repaired,
+-- cids refused].
 local function repair(keys, args)
   local C = context(args)
   local max, scope, per_user = tonumber(args[7]), args[8], tonumber(args[9])
@@ -859,8 +864,12 @@ local function repair(keys, args)
   for _, it in ipairs(cjson.decode(args[10])) do
     local cid, u, s = it[1], opt(it[2]), opt(it[3])
     local hk = holder(C, u, cid)
+    local node, seq = node_of(cid)
     local ok = true
-    if redis.call('HEXISTS', hk, cid) == 0 then
+    if redis.call('HEXISTS', hk, cid) == 0
+        and redis.call('HEXISTS', k_bucket(C, node, bucket_of(seq)), seq) == 0 then
+      ok = false -- removed meanwhile (evicted, kicked), not lost: its node closes it
+    elseif redis.call('HEXISTS', hk, cid) == 0 then
       local t = tonumber(it[4])
       if u then ok = room_for(C, hk, u, cid, s, t, max, scope, per_user, args[11], args[12]) end
       if ok then
