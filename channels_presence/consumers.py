@@ -44,7 +44,7 @@ from . import events
 from .closing import CLOSE_MESSAGE_TYPE
 from .conf import get_settings
 from .events import DIFF_MESSAGE_TYPE
-from .logs import FailureBurst, logger
+from .logs import is_outage, layer_failures, logger
 from .names import validate_group_names
 from .tracker import PresenceTracker, State
 
@@ -57,17 +57,6 @@ _ALLOWED_CLOSE = {1000, 1001, 1011, 1012, 1013}
 #: to the last, doubling, each with jitter so consumers do not retry in step.
 OUTAGE_RETRY_FIRST = 0.1
 OUTAGE_RETRY_LAST = 5.0
-layer_failures = FailureBurst("The channel layer")
-
-
-def is_outage(exc: BaseException) -> bool:
-    """Whether ``exc`` means the layer's server is unreachable (worth a retry)."""
-    if isinstance(exc, (OSError, asyncio.TimeoutError)):
-        return True
-    # The layer's client library (redis-py for channels_redis) has its own
-    # ConnectionError and TimeoutError, which need not derive from OSError.
-    names = {cls.__name__ for cls in type(exc).__mro__}
-    return bool(names & {"ConnectionError", "TimeoutError"})
 
 
 async def _receive_through_outages(receive: Any, consumer: PresenceConsumerMixin) -> Any:

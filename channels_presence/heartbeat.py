@@ -362,7 +362,12 @@ class Heartbeat:
         for start in range(0, len(trackers), REGROUP_CHUNK):
             for tracker in trackers[start : start + REGROUP_CHUNK]:
                 try:
-                    await tracker.rejoin_layer_groups()
+                    try:
+                        await tracker.rejoin_layer_groups()
+                    except Exception:
+                        # Once more: the first command after a restart may meet
+                        # a pooled connection the old server closed.
+                        await tracker.rejoin_layer_groups()
                 except Exception as exc:  # the layer is failing again: next time
                     logger.warning("Could not put connections back into their groups: %r", exc)
                     self.regroup = True

@@ -26,10 +26,9 @@ from django.test import Client, override_settings
 
 import channels_presence as presence
 from channels_presence import listeners
-from channels_presence.consumers import is_outage
 from channels_presence.exceptions import TooManyGroups
 from channels_presence.heartbeat import FORCE_CLOSE_AFTER, get_heartbeat
-from channels_presence.logs import store_failures
+from channels_presence.logs import is_outage, store_failures
 from channels_presence.stores import get_store
 from channels_presence.stores.base import Connection, SessionPolicy
 from channels_presence.stores.redis import RedisStore
@@ -622,3 +621,23 @@ async def test_a_connection_whose_application_is_stuck_after_its_socket_ended_is
     assert len(get_heartbeat()) == 0
     assert any("had not finished" in r.getMessage() for r in caplog.records)
     comm.future.cancel()  # the stuck application itself is the test's to end
+
+
+async def test_a_join_while_the_layers_redis_is_down_keeps_the_socket_and_its_group(
+    ws: Any, backend: str, redis_layer: RedisServer
+) -> None:
+    """A client's join during the outage used to raise in the consumer (its
+    group_add failed) and so close the socket; now the heartbeat adds it to
+    the layer group once the layer is back."""
+    comm = await ws(user=1)
+    redis_layer.stop()
+    try:
+        await comm.send_json_to({"join": "room"})
+        assert await comm.receive_json_from(timeout=5) == {"joined": "room"}
+    finally:
+        redis_layer.start()
+    await asyncio.sleep(0.5)  # the consumer's read reconnects
+    assert comm.future.done() is False
+    await get_heartbeat().beat()
+    assert await presence.agroup_send("room", {"type": "chat.message", "text": "back"}) == 1
+    assert await comm.receive_json_from(timeout=5) == {"chat": "back"}
