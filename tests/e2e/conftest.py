@@ -86,7 +86,9 @@ def start_cluster(
     """Start servers: ``start_cluster(presence={...}, names=("a", "b"), kind="uvicorn")``.
 
     ``record_events=True`` makes them record every presence signal (see
-    ``harness.recorded_events``).
+    ``harness.recorded_events``). ``layer_redis_url`` puts the channel layer
+    on another Redis than the session's layer server (the presence Redis, to
+    share one as production often does).
 
     Each call gets key prefixes of its own. Every server is stopped at
     teardown, and its log is printed when the test failed.
@@ -101,6 +103,7 @@ def start_cluster(
         cache_backend: str = "django_redis",
         presence_enabled: bool = True,
         record_events: bool = False,
+        layer_redis_url: str = layer_redis_url,
     ) -> Cluster:
         config = ServerConfig(
             redis_url=redis_url,
