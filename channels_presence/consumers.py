@@ -44,7 +44,7 @@ from . import events
 from .closing import CLOSE_MESSAGE_TYPE
 from .conf import get_settings
 from .events import DIFF_MESSAGE_TYPE
-from .logs import FailureBurst, logger
+from .logs import is_outage, layer_failures, logger
 from .names import validate_group_names
 from .tracker import PresenceTracker, State
 
@@ -57,17 +57,6 @@ _ALLOWED_CLOSE = {1000, 1001, 1011, 1012, 1013}
 #: to the last, doubling, each with jitter so consumers do not retry in step.
 OUTAGE_RETRY_FIRST = 0.1
 OUTAGE_RETRY_LAST = 5.0
-layer_failures = FailureBurst("The channel layer")
-
-
-def is_outage(exc: BaseException) -> bool:
-    """Whether ``exc`` means the layer's server is unreachable (worth a retry)."""
-    if isinstance(exc, (OSError, asyncio.TimeoutError)):
-        return True
-    # The layer's client library (redis-py for channels_redis) has its own
-    # ConnectionError and TimeoutError, which need not derive from OSError.
-    names = {cls.__name__ for cls in type(exc).__mro__}
-    return bool(names & {"ConnectionError", "TimeoutError"})
 
 
 async def _receive_through_outages(receive: Any, consumer: PresenceConsumerMixin) -> Any:
@@ -79,14 +68,22 @@ async def _receive_through_outages(receive: Any, consumer: PresenceConsumerMixin
     connection back into its layer groups at each beat until that succeeds
     (a restarted server forgot them; a reconnected read does not tell when
     it is back, and waits for a message that only a group could bring).
+
+    A cancellation ends this at once, whatever the layer's read does with it:
+    channels_redis over redis-py can swallow the cancellation of a read and
+    block again, which would hold the consumer (and its presence) forever.
     """
     delay = OUTAGE_RETRY_FIRST
     failed = False
     while True:
+        read = asyncio.ensure_future(receive())
         try:
-            message = await receive()
+            message = await asyncio.shield(read)
+        except asyncio.CancelledError:
+            abandon_read(read)
+            raise
         except Exception as exc:
-            if not is_outage(exc):
+            if not is_outage(exc) or _cancelling():
                 raise
             layer_failures.failed(exc)
             if not failed:
@@ -98,6 +95,39 @@ async def _receive_through_outages(receive: Any, consumer: PresenceConsumerMixin
         if failed:
             layer_failures.succeeded()
         return message
+
+
+def _cancelling() -> bool:
+    # Task.cancelling() is Python 3.11+; before it, a cancel always raises.
+    task = asyncio.current_task()
+    cancelling = getattr(task, "cancelling", None)
+    return bool(cancelling and cancelling())
+
+
+#: Seconds between cancels of a layer read that did not end when cancelled.
+ABANDONED_READ_RECANCEL = 1.0
+_abandoned: set[asyncio.Task[None]] = set()
+
+
+def abandon_read(read: asyncio.Future[Any]) -> None:
+    """Cancel a layer read nobody waits for any more, again until it ends."""
+    if read.done():
+        if not read.cancelled():
+            read.exception()  # retrieved: a dying consumer's read may fail
+        return
+    read.cancel()
+    task = asyncio.get_running_loop().create_task(_cancel_until_done(read))
+    _abandoned.add(task)
+    task.add_done_callback(_abandoned.discard)
+
+
+async def _cancel_until_done(read: asyncio.Future[Any]) -> None:
+    while not read.done():
+        await asyncio.wait([read], timeout=ABANDONED_READ_RECANCEL)
+        if not read.done():
+            read.cancel()
+    if not read.cancelled():
+        read.exception()
 
 
 class PresenceConsumerMixin:
@@ -238,6 +268,15 @@ class PresenceConsumerMixin:
 
     async def dispatch(self, message: dict[str, Any]) -> None:
         """Route presence messages here; everything else to the consumer."""
+        try:
+            await self._presence_dispatch(message)
+        except BaseException:
+            # The consumer is ending (an exception, StopConsumer, a cancel):
+            # should its cleanup hang, the heartbeat drops it (STUCK_AFTER).
+            self.presence.ended()
+            raise
+
+    async def _presence_dispatch(self, message: dict[str, Any]) -> None:
         kind = message.get("type")
         if kind == "websocket.connect":
             if await self._presence_connect():

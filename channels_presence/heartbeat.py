@@ -17,7 +17,10 @@ holds, and no Python work per connection either. The same call hands back:
   back, in batches; so they are after a join, leave or metadata write of
   this node failed;
 * that the node was counted out (this loop stalled past ``TTL``): every local
-  connection is closed with 1001 and the loop starts again as a new node.
+  connection is closed with 1001 and the loop starts again as a new node;
+* which of a slice of its connections (``AUDIT_BATCH`` a beat, in turn) the
+  store holds only in part (a key evicted or deleted on its own): what was
+  lost is put back.
 
 When another node's deadline is due before the next beat, the heartbeat wakes
 then, so a dead node's connections stop counting soon after its ``TTL``. When
@@ -33,6 +36,7 @@ the node.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import itertools
 import random
@@ -51,7 +55,7 @@ from .exceptions import StoreUnavailable
 from .logs import logger, store_failures
 from .loops import PerLoop
 from .stores import get_store, session_policy
-from .stores.base import Connection, RefreshResult
+from .stores.base import AUDIT_BATCH, Connection, RefreshResult
 
 if TYPE_CHECKING:
     from .tracker import PresenceTracker
@@ -67,6 +71,11 @@ LATE = 0.05
 #: A socket asked to close through the layer that is still open this much
 #: later (its consumer is stuck, or the message was lost) is closed directly.
 FORCE_CLOSE_AFTER = 2.0
+#: A connection whose socket ended (or whose consumer raised) and whose
+#: application has still not finished this long after is dropped from presence
+#: by the next heartbeat: its cleanup is stuck. Above channels_redis's 5 s
+#: blocking read, which a closing consumer may wait out.
+STUCK_AFTER = 10.0
 #: Local connections taken back into their layer groups per step, after a
 #: channel-layer outage (the loop runs other work between steps).
 REGROUP_CHUNK = 500
@@ -115,6 +124,11 @@ class Heartbeat:
         self.resync = False
         #: Set when a store call of this loop failed: the next beat comes soon.
         self._hurry: asyncio.Event | None = None
+        #: Connections whose socket ended but which are still counted.
+        self._ending: dict[str, PresenceTracker] = {}
+        #: Connection ids in the order the store audits them (closed ones are
+        #: dropped as they come up).
+        self._audit: collections.deque[str] = collections.deque()
         self._task: asyncio.Task[None] | None = None
         self._closing: set[asyncio.Task[None]] = set()
 
@@ -128,6 +142,9 @@ class Heartbeat:
     def add(self, tracker: PresenceTracker) -> None:
         """Keep ``tracker`` alive from now on; starts the loop's task if needed."""
         self.trackers[tracker.conn_id] = tracker
+        self._audit.append(tracker.conn_id)
+        if tracker.ended_at is not None:  # its socket ended while it connected
+            self._ending[tracker.conn_id] = tracker
         self._start()
         if not tracker.recorded:
             self.unrecorded[tracker.conn_id] = tracker
@@ -189,6 +206,12 @@ class Heartbeat:
         """Stop keeping ``tracker`` alive."""
         self.trackers.pop(tracker.conn_id, None)
         self.unrecorded.pop(tracker.conn_id, None)
+        self._ending.pop(tracker.conn_id, None)
+
+    def ending(self, tracker: PresenceTracker) -> None:
+        """``tracker``'s socket ended: its application should finish soon."""
+        if tracker.conn_id in self.trackers:
+            self._ending[tracker.conn_id] = tracker
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -239,7 +262,7 @@ class Heartbeat:
 
     async def _beat(self) -> RefreshResult | None:
         try:
-            result = await get_store().arefresh(self.node)
+            result = await get_store().arefresh(self.node, self._audit_slice())
         except StoreUnavailable as exc:
             store_failures.failed(exc)
             return None
@@ -252,6 +275,10 @@ class Heartbeat:
             await self._restore()
         if self.orphans:
             await self._remove_orphans()
+        # Those removed by others are closed below, never put back.
+        broken = tuple(c for c in result.broken if c not in result.close_reasons)
+        if broken:
+            await self._repair(broken)
         if self.regroup:
             await self._regroup()
         # What the store removed and claimed exists nowhere else now: report it first.
@@ -268,7 +295,29 @@ class Heartbeat:
                 await self._close(closing, reason, result.close_codes.get(conn_id))
         for tracker in list(self.unrecorded.values()):
             await tracker.arecover()
+        await self._drop_stuck()
         return result
+
+    async def _drop_stuck(self) -> None:
+        """Drop connections whose application did not finish ``STUCK_AFTER``
+        seconds after their socket ended: presence must not keep them alive."""
+        now = time.monotonic()
+        for tracker in list(self._ending.values()):
+            if tracker.ended_at is None or now - tracker.ended_at < STUCK_AFTER:
+                continue
+            logger.warning(
+                "Dropped %s from presence: its application had not finished %.0f s after "
+                "its socket ended (a cleanup that hangs).",
+                tracker.channel_name,
+                STUCK_AFTER,
+            )
+            # The socket may still wait for the application (a handshake): end it.
+            with contextlib.suppress(Exception):
+                await tracker.force_close(1011)
+            try:
+                await tracker.adisconnect()
+            except Exception:  # the next beat tries again
+                logger.exception("Could not drop %r from presence", tracker)
 
     def _layer(self) -> Any:
         # A lingering heartbeat has no local connection to borrow a layer from.
@@ -302,6 +351,52 @@ class Heartbeat:
             )
             await tracker.force_close(code)
 
+    def _audit_slice(self) -> tuple[Connection, ...]:
+        """The next ``AUDIT_BATCH`` recorded local connections, in turn."""
+        picked: list[Connection] = []
+        for _ in range(len(self._audit)):
+            if len(picked) >= AUDIT_BATCH:
+                break
+            conn_id = self._audit.popleft()
+            tracker = self.trackers.get(conn_id)
+            if tracker is None:
+                continue  # closed: forgotten here too
+            self._audit.append(conn_id)
+            snapshot = tracker.snapshot() if tracker.recorded and tracker.tracked else None
+            if snapshot is not None and snapshot.node == self.node:
+                picked.append(snapshot)
+        return tuple(picked)
+
+    async def _repair(self, broken: tuple[str, ...]) -> None:
+        """Put back what the store lost of local connections (a key evicted or
+        deleted on its own); one that no longer fits its user's limit (a connect
+        took its place meanwhile) is closed as superseded."""
+        trackers = [self.trackers[c] for c in broken if c in self.trackers]
+        if not trackers:
+            return
+        store = get_store()
+        try:
+            result = await store.arepair(tuple(t.snapshot() for t in trackers), session_policy())
+        except StoreUnavailable as exc:
+            store_failures.failed(exc)
+            return
+        logger.warning(
+            "Presence heartbeat put back %d connection(s) whose keys the store lost "
+            "(evicted or deleted).",
+            len(trackers),
+        )
+        for conn_id in result.refused:
+            refused = self.trackers.get(conn_id)
+            if refused is not None:
+                await self._close(refused, "superseded", None)
+        # Closed while the repair was in flight: its removal may have run first.
+        for tracker in trackers:
+            if tracker.conn_id not in self.trackers and tracker.conn_id not in result.refused:
+                try:
+                    await store.adisconnect(tracker.snapshot())
+                except StoreUnavailable as exc:
+                    store_failures.failed(exc)
+
     async def _remove_orphans(self) -> None:
         store = get_store()
         for conn_id, connection in list(self.orphans.items()):
@@ -329,7 +424,12 @@ class Heartbeat:
         for start in range(0, len(trackers), REGROUP_CHUNK):
             for tracker in trackers[start : start + REGROUP_CHUNK]:
                 try:
-                    await tracker.rejoin_layer_groups()
+                    try:
+                        await tracker.rejoin_layer_groups()
+                    except Exception:
+                        # Once more: the first command after a restart may meet
+                        # a pooled connection the old server closed.
+                        await tracker.rejoin_layer_groups()
                 except Exception as exc:  # the layer is failing again: next time
                     logger.warning("Could not put connections back into their groups: %r", exc)
                     self.regroup = True

@@ -1,7 +1,9 @@
-"""Logging for store failures: one line when a failure burst starts, one when it ends."""
+"""Logging for store and channel-layer failures: one line when a failure burst
+starts, one when it ends; and what counts as an outage of the layer."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
@@ -52,3 +54,14 @@ class FailureBurst:
 
 
 store_failures = FailureBurst("The presence store")
+layer_failures = FailureBurst("The channel layer")
+
+
+def is_outage(exc: BaseException) -> bool:
+    """Whether ``exc`` means the layer's server is unreachable (worth a retry)."""
+    if isinstance(exc, (OSError, asyncio.TimeoutError)):
+        return True
+    # The layer's client library (redis-py for channels_redis) has its own
+    # ConnectionError and TimeoutError, which need not derive from OSError.
+    names = {cls.__name__ for cls in type(exc).__mro__}
+    return bool(names & {"ConnectionError", "TimeoutError"})

@@ -62,10 +62,28 @@ class PresenceMiddleware:
         tracker = tracker_for_scope(scope)
         # A copy, so the caller's scope is never changed.
         scope = dict(scope, presence=tracker)
+
+        # Watched so the heartbeat knows when the socket ended: an application
+        # that does not finish after that is dropped from presence (STUCK_AFTER).
+        async def watched_receive() -> Message:
+            message = await receive()
+            if message.get("type") == "websocket.disconnect":
+                tracker.ended()
+            return message
+
+        async def watched_send(message: Message) -> None:
+            if message.get("type") in _ENDING:
+                tracker.ended()
+            await send(message)
+
         try:
-            await self.inner(scope, receive, send)
+            await self.inner(scope, watched_receive, watched_send)
         finally:
             await _cleanup(tracker)
+
+
+# Messages an application sends to end its socket (a close, or a refused handshake).
+_ENDING = frozenset({"websocket.close", "websocket.http.response.start"})
 
 
 async def _cleanup(tracker: PresenceTracker) -> None:

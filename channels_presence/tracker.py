@@ -23,7 +23,7 @@ from .closing import close_code, close_departed, send_close
 from .conf import get_settings
 from .exceptions import InvalidMetadata, NotConnected, StoreUnavailable, TooManyGroups
 from .heartbeat import get_heartbeat
-from .logs import logger, store_failures
+from .logs import is_outage, layer_failures, logger, store_failures
 from .names import validate_group_names
 from .stores import get_store, session_policy
 from .stores.base import Connection, ConnectResult, Departure, PresenceStore
@@ -100,6 +100,10 @@ class PresenceTracker:
         self.state = State.NEW
         #: Whether the store holds this connection (it may not, after a store error).
         self.recorded = False
+        #: When (``time.monotonic()``) its socket ended or its application
+        #: began to end; the heartbeat drops it from presence should the
+        #: application not have finished ``STUCK_AFTER`` seconds later.
+        self.ended_at: float | None = None
         self._connecting: asyncio.Future[ConnectResult] | None = None
 
     def __repr__(self) -> str:
@@ -158,7 +162,7 @@ class PresenceTracker:
                 return admission
         self.state = State.CONNECTED
         for group in checked:
-            await channel_layer.group_add(group, channel_name)
+            await self._layer_group_add(group)
         listeners.note_joined(checked if self.recorded else ())
         return Admission(True)
 
@@ -261,7 +265,7 @@ class PresenceTracker:
         self.groups = self.groups + new
         assert self.channel_name is not None
         for group in new:
-            await self.channel_layer.group_add(group, self.channel_name)
+            await self._layer_group_add(group)
         if self.tracked and self.recorded:
             try:
                 joined = await self.store.ajoin(self.snapshot(), new)
@@ -295,8 +299,26 @@ class PresenceTracker:
                 listeners.note_left(gone)
                 await events.left(self.user, left)
         for group in gone:
-            await self.channel_layer.group_discard(group, self.channel_name)
+            try:
+                await self.channel_layer.group_discard(group, self.channel_name)
+            except Exception as exc:
+                if not is_outage(exc):
+                    raise
+                # A restarted layer forgot the group anyway; a layer that kept
+                # it expires the membership after its group_expiry.
+                layer_failures.failed(exc)
         return gone
+
+    async def _layer_group_add(self, group: str) -> None:
+        """Add this socket to a layer group; during a layer outage, leave that to
+        the heartbeat (it puts sockets back into their groups once the layer is back)."""
+        try:
+            await self.channel_layer.group_add(group, self.channel_name)
+        except Exception as exc:
+            if not is_outage(exc):
+                raise
+            layer_failures.failed(exc)
+            self.layer_failed()
 
     async def aset_meta(self, meta: Any) -> None:
         """Replace this connection's metadata (a small JSON object, or None)."""
@@ -349,6 +371,14 @@ class PresenceTracker:
             listeners.note_left(departure.connection.groups)
             await events.departed(departure, reason="disconnected")
         return departure
+
+    def ended(self) -> None:
+        """The socket ended, or the application is ending (a close was sent, the
+        disconnect arrived, the consumer raised): its cleanup should follow."""
+        if self.ended_at is None:
+            self.ended_at = time.monotonic()
+            if self.state is State.CONNECTED and self.tracked:
+                get_heartbeat().ending(self)
 
     def is_open(self) -> bool:
         """Whether the socket is still open (connected, not yet disconnected)."""

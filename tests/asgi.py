@@ -7,8 +7,10 @@ from django.urls import path
 
 from channels_presence.middleware import PresenceMiddleware
 from tests.consumers import (
+    CloseInConnectConsumer,
     CrashingConsumer,
     DiffConsumer,
+    HangingConnectConsumer,
     LobbyConsumer,
     PlainConsumer,
     SlowHookConsumer,
@@ -22,6 +24,8 @@ websocket_urlpatterns = [
     path("ws/crash/<str:where>/", CrashingConsumer.as_asgi()),
     path("ws/diff/", DiffConsumer.as_asgi()),
     path("ws/slow/", SlowHookConsumer.as_asgi()),
+    path("ws/close-in-connect/", CloseInConnectConsumer.as_asgi()),
+    path("ws/hang/", HangingConnectConsumer.as_asgi()),
 ]
 
 # The tests put scope["user"] and scope["session"] in themselves, as

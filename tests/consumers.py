@@ -121,3 +121,23 @@ class SlowHookConsumer(PresenceConsumerMixin, AsyncJsonWebsocketConsumer):
     async def get_presence_groups(self) -> list[str]:  # type: ignore[override]
         await asyncio.sleep(self.hook_seconds)
         return ["lobby"]
+
+
+class CloseInConnectConsumer(PresenceConsumerMixin, AsyncJsonWebsocketConsumer):
+    """Refuses every socket from its own connect() (a 403 to the handshake)."""
+
+    presence_groups = ["lobby"]
+
+    async def connect(self) -> None:
+        await self.close()
+
+
+class HangingConnectConsumer(PresenceConsumerMixin, AsyncJsonWebsocketConsumer):
+    """Refuses the socket, then never returns (a query that hangs): the socket
+    has ended, the application is stuck."""
+
+    presence_groups = ["lobby"]
+
+    async def connect(self) -> None:
+        await self.close()
+        await asyncio.Event().wait()

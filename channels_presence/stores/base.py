@@ -31,6 +31,9 @@ SessionScope = Literal["user", "session"]
 #: that was in flight (a slow hook, a retrying client) to reach the store.
 FENCE_SECONDS = 300
 OnLimit = Literal["close_oldest", "reject_new"]
+#: Live connections one heartbeat has the store check for keys lost on their
+#: own (evicted, deleted); a node audits all of its connections in turn.
+AUDIT_BATCH = 50
 
 
 @dataclass(frozen=True)
@@ -158,6 +161,9 @@ class RefreshResult:
     more: bool = False
     #: Seconds until another node's deadline passes (``None``: no other node).
     next_check: float | None = None
+    #: Audited connections of the node that the store holds only in part (a
+    #: key lost on its own): put them back with :meth:`PresenceStore.arepair`.
+    broken: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -195,7 +201,11 @@ class PresenceStore(Protocol):
     def connect(self, connection: Connection, policy: SessionPolicy) -> ConnectResult: ...
 
     async def adisconnect(self, connection: Connection) -> Departure | None:
-        """Remove a connection from everything; ``None`` if it was not there."""
+        """Remove a connection from everything; ``None`` if it was not there.
+
+        Should its record be lost (a key evicted) though it was never removed,
+        it is counted out of ``connection.groups`` where they still count it.
+        """
         ...
 
     def disconnect(self, connection: Connection) -> Departure | None: ...
@@ -218,15 +228,32 @@ class PresenceStore(Protocol):
 
     def set_meta(self, connection: Connection, meta: dict[str, Any] | None) -> bool: ...
 
-    async def arefresh(self, node: str) -> RefreshResult:
+    async def arefresh(self, node: str, audit: tuple[Connection, ...] = ()) -> RefreshResult:
         """Keep ``node`` alive for another TTL: one small write, whatever it holds.
 
         Also hands over the node's connections removed by others, removes a
         bounded batch of dead nodes' connections and claims due departures.
+        ``audit`` is a bounded slice of the node's live connections: those
+        the store holds only in part are returned in ``broken``.
         """
         ...
 
-    def refresh(self, node: str) -> RefreshResult: ...
+    def refresh(self, node: str, audit: tuple[Connection, ...] = ()) -> RefreshResult: ...
+
+    async def arepair(
+        self, connections: tuple[Connection, ...], policy: SessionPolicy
+    ) -> RestoreResult:
+        """Put back what the store lost of live connections (``RefreshResult.broken``).
+
+        A lost record is written back under ``policy``'s limits (refused:
+        counted out of its groups, returned in ``refused``); lost bucket
+        entries and group counts are rebuilt.
+        """
+        ...
+
+    def repair(
+        self, connections: tuple[Connection, ...], policy: SessionPolicy
+    ) -> RestoreResult: ...
 
     async def arestore(
         self, connections: tuple[Connection, ...], policy: SessionPolicy

@@ -36,6 +36,7 @@ from django.core.cache import caches
 from django.core.cache.backends.locmem import LocMemCache
 
 from .base import (
+    AUDIT_BATCH,
     FENCE_SECONDS,
     Absence,
     Connection,
@@ -466,12 +467,38 @@ class LocalStore:
 
     def disconnect(self, connection: Connection) -> Departure | None:
         def op() -> Departure | None:
-            state = _State(self, self._base_keys())
-            departure = self._remove(state, connection.channel_name, time.time())
+            now = time.time()
+            state = _State(self, self._base_keys() + self._group_keys(connection.groups))
+            departure = self._remove(state, connection.channel_name, now)
+            if departure is None:
+                departure = self._remove_lost(state, connection, now)
             state.save()
             return departure
 
         return self._run(op)
+
+    def _remove_lost(self, state: _State, conn: Connection, now: float) -> Departure | None:
+        """Count out of its groups a connection whose record was lost (a key
+        evicted from a shared cache) though it was never removed."""
+        channel, user = conn.channel_name, conn.user
+        found = [g for g in conn.groups if channel in state.get(self._g(g), dict)]
+        left = tuple(g for g in found if self._remove_from_group(state, channel, user, g))
+        users: dict[str, dict[str, float]] = state.get(self._users, dict)
+        mine = users.get(user, {}) if user is not None else {}
+        listed = mine.pop(channel, None) is not None
+        if not (found or listed):
+            return None
+        offline = False
+        if user is not None:
+            if not mine:
+                users.pop(user, None)
+            state.mark(self._users)
+            offline = not mine
+            for group in left:
+                self._mark_absent(state, user, group, now)
+            if offline:
+                self._mark_absent(state, user, None, now)
+        return Departure(conn, user_left=left, went_offline=offline)
 
     def join(self, connection: Connection, groups: tuple[str, ...]) -> tuple[str, ...]:
         channel_name = connection.channel_name
@@ -531,10 +558,12 @@ class LocalStore:
 
         return self._run(op)
 
-    def refresh(self, node: str) -> RefreshResult:
+    def refresh(self, node: str, audit: tuple[Connection, ...] = ()) -> RefreshResult:
         def op() -> RefreshResult:
             now = time.time()
             state = _State(self, self._base_keys())
+            audited = [c for c in audit[:AUDIT_BATCH] if c.node == node]
+            broken = tuple(c.conn_id for c in audited if not self._whole(state, c))
             dead: dict[str, float] = state.get(self._dead, dict)
             if dead.get(node, 0.0) > now:
                 return RefreshResult(counted_out=True)
@@ -562,9 +591,79 @@ class LocalStore:
                 lost=lost,
                 more=more,
                 next_check=max(0.0, min(others) - now) if others else None,
+                broken=broken,
             )
 
         return self._run(op)
+
+    def _whole(self, state: _State, conn: Connection) -> bool:
+        """Whether the store holds all of a live connection: its record, its
+        user's index, each of its groups' members and counts."""
+        conns: dict[str, dict[str, Any]] = state.get(self._conns, dict)
+        users: dict[str, dict[str, float]] = state.get(self._users, dict)
+        rec = conns.get(conn.channel_name)
+        if rec is None:
+            # Removed (evicted, kicked: its node closes it) unless some of it is left.
+            return not self._remnants(state, conn)
+        user = rec["u"]
+        if user is not None and conn.channel_name not in users.get(user, {}):
+            return False
+        for group in rec["g"]:
+            members: dict[str, str | None] = state.get(self._g(group), dict)
+            per_user: dict[str, int] = state.get(self._gu(group), dict)
+            counts = state.get(self._gn(group), lambda: [0, 0])
+            if conn.channel_name not in members or (user is not None and user not in per_user):
+                return False
+            if list(counts) != [len(members), len(per_user)]:
+                return False
+            if state.get(self._registry, dict).get(group) != len(members):
+                return False
+        return True
+
+    def repair(self, connections: tuple[Connection, ...], policy: SessionPolicy) -> RestoreResult:
+        def op() -> RestoreResult:
+            now = time.time()
+            groups = {g for c in connections for g in c.groups}
+            state = _State(self, self._base_keys() + self._group_keys(groups))
+            conns: dict[str, dict[str, Any]] = state.get(self._conns, dict)
+            repaired, refused = 0, []
+            for conn in connections:
+                rec = conns.get(conn.channel_name)
+                if rec is not None:
+                    conn = _to_connection(conn.channel_name, rec)
+                elif not self._remnants(state, conn):
+                    continue  # removed meanwhile, not lost: its node closes it
+                # What is left of it goes, quietly; then it is written whole.
+                self._remove(state, conn.channel_name, now)
+                self._remove_lost(state, conn, now)
+                self._drop_pending(state, conn)
+                mine = [] if conn.user is None else self._user_channels(state, conn.user)
+                limit = policy.max_connections
+                if rec is None and (
+                    self._over_limit(state, conn, mine, policy)
+                    or (limit is not None and len(mine) >= limit)
+                ):
+                    refused.append(conn.conn_id)
+                    continue
+                self._record(state, conn)
+                repaired += 1
+            state.save()
+            return RestoreResult(restored=repaired, refused=tuple(refused))
+
+        return self._run(op)
+
+    def _remnants(self, state: _State, conn: Connection) -> bool:
+        """Whether anything is left of a connection whose record is gone."""
+        users: dict[str, dict[str, float]] = state.get(self._users, dict)
+        if conn.user is not None and conn.channel_name in users.get(conn.user, {}):
+            return True
+        return any(conn.channel_name in state.get(self._g(g), dict) for g in conn.groups)
+
+    def _drop_pending(self, state: _State, conn: Connection) -> None:
+        # A repair announces nothing: the departures its removal marked go.
+        if conn.user is not None:
+            for group in (None, *conn.groups):
+                self._back_in_time(state, conn.user, group)
 
     def restore(self, connections: tuple[Connection, ...], policy: SessionPolicy) -> RestoreResult:
         def op() -> RestoreResult:
@@ -766,8 +865,13 @@ class LocalStore:
     async def aset_meta(self, connection: Connection, meta: dict[str, Any] | None) -> bool:
         return await self._async(self.set_meta, connection, meta)
 
-    async def arefresh(self, node: str) -> RefreshResult:
-        return await self._async(self.refresh, node)
+    async def arefresh(self, node: str, audit: tuple[Connection, ...] = ()) -> RefreshResult:
+        return await self._async(self.refresh, node, audit)
+
+    async def arepair(
+        self, connections: tuple[Connection, ...], policy: SessionPolicy
+    ) -> RestoreResult:
+        return await self._async(self.repair, connections, policy)
 
     async def arestore(
         self, connections: tuple[Connection, ...], policy: SessionPolicy

@@ -59,6 +59,11 @@
 --   * no function does work that grows with a population: loops are over
 --     the groups of one call, one user's sessions (at most MAX_SESSIONS), or
 --     a batch whose size the caller bounds.
+-- A key lost on its own (evicted under maxmemory, deleted by hand) breaks the
+-- first two for some connections; the functions mend them (see "Partial
+-- loss"): a disconnect whose record is gone while its bucket entry is not
+-- counts it out of the groups its node names, and each beat audits a slice
+-- of its node's live connections, which `repair` puts back whole.
 
 local BUCKET = 128
 -- Seconds the marker of a counted-out node lives: a process that wakes from
@@ -227,8 +232,9 @@ end
 
 -- Records -------------------------------------------------------------------------
 
--- Write a connection everywhere. Returns came_online and the groups joined.
-local function record(C, cid, u, s, t36, chan, groups, meta, scoped)
+-- Write a connection's record: its user's (or node's) hash and its bucket
+-- entry, not its groups. Returns the user's connection count.
+local function write_record(C, cid, u, s, t36, chan, groups, meta, scoped)
   local hk = holder(C, u, cid)
   local fields = {cid, s and (t36 .. chan .. '\t' .. s) or (t36 .. chan)}
   if #groups > 0 then
@@ -245,17 +251,21 @@ local function record(C, cid, u, s, t36, chan, groups, meta, scoped)
   if b >= (tonumber(redis.call('HGET', nk, 'b')) or 0) then
     redis.call('HSET', nk, 'b', b + 1)
   end
-  local came_online = false
-  if u then
-    if scoped then
-      local sid = session_id(cid, s)
-      if redis.call('HINCRBY', hk, 's|' .. sid, 1) == 1 then
-        local order = redis.call('HGET', hk, 'S')
-        redis.call('HSET', hk, 'S', order and (order .. ' ' .. sid) or sid)
-      end
+  if u and scoped then
+    local sid = session_id(cid, s)
+    if redis.call('HINCRBY', hk, 's|' .. sid, 1) == 1 then
+      local order = redis.call('HGET', hk, 'S')
+      redis.call('HSET', hk, 'S', order and (order .. ' ' .. sid) or sid)
     end
-    came_online = count == 1 and not back_in_time(C, u, nil)
   end
+  return count
+end
+
+-- Write a connection everywhere. Returns came_online and the groups joined.
+local function record(C, cid, u, s, t36, chan, groups, meta, scoped)
+  local count = write_record(C, cid, u, s, t36, chan, groups, meta, scoped)
+  local came_online = false
+  if u then came_online = count == 1 and not back_in_time(C, u, nil) end
   local joined = {}
   for _, g in ipairs(groups) do
     if group_add(C, g, u, cid) and not back_in_time(C, u, g) then
@@ -265,13 +275,45 @@ local function record(C, cid, u, s, t36, chan, groups, meta, scoped)
   return came_online, joined
 end
 
+-- Whether g counts the connection (for a user: counts the user at all).
+local function counted(C, g, u, cid)
+  if u then return (tonumber(redis.call('HGET', k_group(C, g), u)) or 0) > 0 end
+  return redis.call('SISMEMBER', k_ganon(C, g), cid) == 1
+end
+
+-- A connection whose record was lost (evicted, deleted) though it was never
+-- removed: its bucket entry says so. Its groups, as its node knows them
+-- (`known`), are counted out where they still count it. Returns a departure
+-- whose record is false, or nil when nothing of it was left.
+local function remove_lost(C, u, cid, known)
+  local node, seq = node_of(cid)
+  if redis.call('HDEL', k_bucket(C, node, bucket_of(seq)), seq) == 0 then return nil end
+  local groups = split(known, ',')
+  local left = {}
+  for _, g in ipairs(groups) do
+    if counted(C, g, u, cid) and group_remove(C, g, u, cid) then left[#left + 1] = g end
+  end
+  local offline = false
+  if u then
+    offline = (tonumber(redis.call('HGET', k_user(C, u), '#')) or 0) <= 0
+    for _, g in ipairs(left) do mark_absent(C, u, g) end
+    if offline then mark_absent(C, u, nil) end
+  end
+  note_prefix(C, node)
+  return {cid, u or false, false, false, #groups > 0 and known or false, false, left, offline}
+end
+
 -- Remove a recorded connection from everything. `why` (with a close code)
 -- tells its node's heartbeat to close it: someone else removed it. Returns
 -- a departure {cid, user, record, session, groups, meta, left, offline}, or nil.
-local function remove(C, u, cid, why, code)
+-- `known`: the groups the connection's node knows it in, for a record lost.
+local function remove(C, u, cid, why, code, known)
   local hk = holder(C, u, cid)
   local rec = redis.call('HMGET', hk, cid, cid .. '|g', cid .. '|m')
-  if not rec[1] then return nil end
+  if not rec[1] then
+    if known then return remove_lost(C, u, cid, known) end
+    return nil
+  end
   redis.call('HDEL', hk, cid, cid .. '|g', cid .. '|m')
   local session = session_in(rec[1])
   local count = redis.call('HINCRBY', hk, '#', -1)
@@ -490,6 +532,94 @@ local function admit(C, hk, cid, s, max, scope, on_limit, per_user)
   return 1, evict, sessions
 end
 
+-- Partial loss ---------------------------------------------------------------------
+-- A key lost on its own (evicted under maxmemory, deleted by hand) leaves a
+-- live connection half recorded. Each heartbeat audits a bounded slice of
+-- its node's connections (`whole`); those found broken are repaired from
+-- what the node knows of them (`repair`).
+
+-- Users of a group beyond which its connection count is not recounted (the
+-- recount reads every user's count: bounded, as every function must be).
+local RECOUNT_LIMIT = 1000
+
+-- Whether g's connection count and registry entry can be right: at least one
+-- connection per user and per anonymous member, and listed while positive.
+-- Remembered for the call: an audit asks about the same groups again and again.
+local function group_sound(C, g)
+  if C.sound == nil then C.sound = {} end
+  if C.sound[g] == nil then
+    local n = tonumber(redis.call('GET', k_gcount(C, g))) or 0
+    local floor = redis.call('HLEN', k_group(C, g)) + redis.call('SCARD', k_ganon(C, g))
+    C.sound[g] = n >= floor and (n <= 0 or redis.call('ZSCORE', k_registry(C), g) ~= false)
+  end
+  return C.sound[g]
+end
+
+-- Set g's connection count from its users' counts and anonymous members
+-- (a lower bound past RECOUNT_LIMIT users), and its registry entry.
+local function recount(C, g)
+  local gk, nk = k_group(C, g), k_gcount(C, g)
+  local users = redis.call('HLEN', gk)
+  local n = redis.call('SCARD', k_ganon(C, g))
+  if users <= RECOUNT_LIMIT then
+    for _, v in ipairs(redis.call('HVALS', gk)) do n = n + (tonumber(v) or 0) end
+  else
+    n = math.max(n + users, tonumber(redis.call('GET', nk)) or 0)
+  end
+  if n > 0 then
+    redis.call('SET', nk, n)
+    redis.call('ZADD', k_registry(C), 0, g)
+  else
+    redis.call('DEL', nk)
+    redis.call('ZREM', k_registry(C), g)
+  end
+end
+
+-- Whether a live connection of `node` is whole: its record, its bucket entry
+-- (under the node's bucket count), and its count in each of its groups.
+-- A connection with neither record nor bucket entry was removed (evicted,
+-- kicked: its node closes it), not lost: nothing to put back.
+local function whole(C, node, seq, u)
+  local cid = node .. '.' .. seq
+  local hk = holder(C, u, cid)
+  local rec = redis.call('HMGET', hk, cid, cid .. '|g')
+  local b = bucket_of(seq)
+  local listed = redis.call('HEXISTS', k_bucket(C, node, b), seq) == 1
+  if not rec[1] then return not listed end
+  if C.top == nil then C.top = tonumber(redis.call('HGET', k_node(C, node), 'b')) or 0 end
+  if b >= C.top or not listed then return false end
+  for _, g in ipairs(split(rec[2], ',')) do
+    if not (counted(C, g, u, cid) and group_sound(C, g)) then return false end
+  end
+  return true
+end
+
+-- Put a recorded connection back where its record says it is: its bucket
+-- and each group that lost it (a user's count there from their records).
+local function mend(C, cid, u, hk)
+  local node, seq = node_of(cid)
+  local b = bucket_of(seq)
+  redis.call('HSET', k_bucket(C, node, b), seq, u or '')
+  local nk = k_node(C, node)
+  if b >= (tonumber(redis.call('HGET', nk, 'b')) or 0) then redis.call('HSET', nk, 'b', b + 1) end
+  local by
+  for _, g in ipairs(split(redis.call('HGET', hk, cid .. '|g'), ',')) do
+    if not counted(C, g, u, cid) then
+      if u then
+        if not by then by = records(redis.call('HGETALL', hk)) end
+        local n = 0
+        for _, r in pairs(by) do
+          if r.g and string.find(',' .. r.g .. ',', ',' .. g .. ',', 1, true) then n = n + 1 end
+        end
+        redis.call('HSET', k_group(C, g), u, n)
+      else
+        redis.call('SADD', k_ganon(C, g), cid)
+      end
+    end
+    recount(C, g)
+  end
+end
+
 -- Functions ---------------------------------------------------------------------------
 
 local function encode(x) return cjson.encode(x) end
@@ -532,11 +662,13 @@ local function connect(keys, args)
   return encode({1, came_online, joined, evicted, t, sessions, C.prefixes})
 end
 
--- disconnect: ARGV[5] cid, [6] user. Returns JSON [departure or false, prefixes].
+-- disconnect: ARGV[5] cid, [6] user, [7] its groups as its node knows them
+-- (used only if its record was lost). Returns JSON [departure or false,
+-- prefixes]; a departure's record is false when it was lost.
 local function disconnect(keys, args)
   local C = context(args)
   redis.call('HINCRBY', k_node(C, (node_of(args[5]))), 'w', 1)
-  return encode({remove(C, opt(args[6]), args[5], nil, nil) or false, C.prefixes})
+  return encode({remove(C, opt(args[6]), args[5], nil, nil, args[7] or '') or false, C.prefixes})
 end
 
 -- The context, connection id, user and record hash of a call about one
@@ -618,10 +750,13 @@ end
 -- budget, [9] settle batch, [10] how many of its own writes (connects,
 -- disconnects, joins, leaves, metadata of recorded connections) the node saw
 -- answered: more than the store counted means Redis went back in time (a
--- restore from an older snapshot, a failover that lost the last writes). Keeps the node alive: one ZADD, however many
--- connections it holds. Returns JSON [state, closed, expired, settled, more,
--- seconds until another node's deadline (-1: none), prefixes]; state 0 ok,
--- 1 the node's records were lost (write them back), 2 it was counted out.
+-- restore from an older snapshot, a failover that lost the last writes),
+-- [11] JSON list of [seq, user] of some of its live connections, to audit (a
+-- bounded slice). Keeps the node alive: one ZADD, however many connections it
+-- holds. Returns JSON [state, closed, expired, settled, more, seconds until
+-- another node's deadline (-1: none), prefixes, seqs of audited connections
+-- found broken]; state 0 ok, 1 the node's records were lost (write them back),
+-- 2 it was counted out.
 local function beat(keys, args)
   local C = context(args)
   local node = args[5]
@@ -651,8 +786,41 @@ local function beat(keys, args)
       break
     end
   end
+  local broken = {}
+  for _, it in ipairs(cjson.decode(args[11] or '[]')) do
+    if not whole(C, node, it[1], opt(it[2])) then broken[#broken + 1] = it[1] end
+  end
   return encode({state, closed, expired, settled, reaping or settling or #closed >= batch,
-    next_check, C.prefixes})
+    next_check, C.prefixes, broken})
+end
+
+-- Whether a connection written back (connected at `t` ms) fits its user's
+-- limits; under close_oldest, newer wins: older connections are removed to
+-- make room (a snapshot may hold a socket closed since).
+local function room_for(C, hk, u, cid, s, t, max, scope, per_user, on_limit, code)
+  local count = tonumber(redis.call('HGET', hk, '#')) or 0
+  local ok = true
+  if max and scope == 'session' then
+    local sid = session_id(cid, s)
+    ok = redis.call('HEXISTS', hk, 's|' .. sid) == 1
+      or #split(redis.call('HGET', hk, 'S'), ' ') < max
+  elseif max then
+    ok = count < max
+    if not ok and on_limit == 'close_oldest' then
+      local by, order = records(redis.call('HGETALL', hk))
+      local older = {}
+      for _, oc in ipairs(order) do
+        if time_of(by[oc].rec) < t then older[#older + 1] = oc end
+      end
+      table.sort(older, function(a, b) return time_of(by[a].rec) < time_of(by[b].rec) end)
+      if #older >= count - max + 1 then
+        for i = 1, count - max + 1 do remove(C, u, older[i], 'superseded', code) end
+        count = max - 1
+        ok = true
+      end
+    end
+  end
+  return ok and not (per_user and count >= per_user)
 end
 
 -- restore: ARGV[5] node, [6] channel prefix, [7] max sessions, [8] scope,
@@ -673,31 +841,7 @@ local function restore(keys, args)
     if redis.call('HEXISTS', hk, cid) == 0 then
       local ok = true
       if u then
-        local count = tonumber(redis.call('HGET', hk, '#')) or 0
-        if max and scope == 'session' then
-          local sid = session_id(cid, s)
-          ok = redis.call('HEXISTS', hk, 's|' .. sid) == 1
-            or #split(redis.call('HGET', hk, 'S'), ' ') < max
-        elseif max then
-          ok = count < max
-          if not ok and args[11] == 'close_oldest' then
-            -- Newer wins: a connection restored after a loss takes the place
-            -- of older ones (a snapshot may hold a socket closed since).
-            local by, order = records(redis.call('HGETALL', hk))
-            local t = tonumber(it[4])
-            local older = {}
-            for _, oc in ipairs(order) do
-              if time_of(by[oc].rec) < t then older[#older + 1] = oc end
-            end
-            table.sort(older, function(a, b) return time_of(by[a].rec) < time_of(by[b].rec) end)
-            if #older >= count - max + 1 then
-              for i = 1, count - max + 1 do remove(C, u, older[i], 'superseded', args[12]) end
-              count = max - 1
-              ok = true
-            end
-          end
-        end
-        ok = ok and not (per_user and count >= per_user)
+        ok = room_for(C, hk, u, cid, s, tonumber(it[4]), max, scope, per_user, args[11], args[12])
       end
       if ok then
         record(C, cid, u, s, b36(tonumber(it[4])), it[7], split(it[5], ','), opt(it[6]),
@@ -709,6 +853,43 @@ local function restore(keys, args)
     end
   end
   return encode({restored, refused})
+end
+
+-- repair: the arguments of restore, for connections an audit found broken.
+-- A lost record (its bucket entry says it was never removed) is written back
+-- under the limits (its groups still count it, or are mended next); one
+-- refused is counted out of its groups. Then its bucket entry and its groups
+-- are mended. One removed meanwhile is left alone. Returns JSON [repaired,
+-- cids refused].
+local function repair(keys, args)
+  local C = context(args)
+  local max, scope, per_user = tonumber(args[7]), args[8], tonumber(args[9])
+  local repaired, refused = 0, {}
+  for _, it in ipairs(cjson.decode(args[10])) do
+    local cid, u, s = it[1], opt(it[2]), opt(it[3])
+    local hk = holder(C, u, cid)
+    local node, seq = node_of(cid)
+    local ok = true
+    if redis.call('HEXISTS', hk, cid) == 0
+        and redis.call('HEXISTS', k_bucket(C, node, bucket_of(seq)), seq) == 0 then
+      ok = false -- removed meanwhile (evicted, kicked), not lost: its node closes it
+    elseif redis.call('HEXISTS', hk, cid) == 0 then
+      local t = tonumber(it[4])
+      if u then ok = room_for(C, hk, u, cid, s, t, max, scope, per_user, args[11], args[12]) end
+      if ok then
+        write_record(C, cid, u, s, b36(t), it[7], split(it[5], ','), opt(it[6]),
+          max and scope == 'session')
+      else
+        remove_lost(C, u, cid, it[5])
+        refused[#refused + 1] = cid
+      end
+    end
+    if ok then
+      mend(C, cid, u, hk)
+      repaired = repaired + 1
+    end
+  end
+  return encode({repaired, refused})
 end
 
 -- disconnect_user: ARGV[5] user, [6] session ('' = all), [7] why, [8] code,
@@ -862,6 +1043,7 @@ register('leave', leave)
 register('set_meta', set_meta)
 register('beat', beat)
 register('restore', restore)
+register('repair', repair)
 register('disconnect_user', disconnect_user)
 register('reap', reap_now)
 register('reset', reset_node)

@@ -49,6 +49,7 @@ from ..conf import PresenceSettings
 from ..exceptions import StoreUnavailable
 from ..loops import PerLoop
 from .base import (
+    AUDIT_BATCH,
     FENCE_SECONDS,
     Absence,
     Connection,
@@ -645,11 +646,17 @@ class RedisStore:
         def parse(raw: str) -> Departure | None:
             self._count_write(node)
             dep, prefixes = json.loads(raw)
-            return _departures([dep], _prefixes(prefixes))[0] if dep else None
+            if not dep:
+                return None
+            if not dep[2]:
+                # Its record was lost: it left the groups its node knew of.
+                return Departure(connection, user_left=_strings(dep[6]), went_offline=bool(dep[7]))
+            return _departures([dep], _prefixes(prefixes))[0]
 
         cid = self._check_id(connection)
         user = _opt(connection.user)
-        return self._fcall("disconnect", self._user_key(user), cid, user, parse=parse)
+        groups = _group_list(connection.groups)
+        return self._fcall("disconnect", self._user_key(user), cid, user, groups, parse=parse)
 
     def _membership_steps(
         self, name: str, connection: Connection, groups: tuple[str, ...]
@@ -685,12 +692,12 @@ class RedisStore:
         user = _opt(connection.user)
         return self._fcall("set_meta", self._user_key(user), cid, user, _meta(meta), parse=parse)
 
-    def _refresh_op(self, node: str) -> _Op[RefreshResult]:
+    def _refresh_op(self, node: str, audit: tuple[Connection, ...]) -> _Op[RefreshResult]:
         def parse(raw: str) -> RefreshResult:
             reply = json.loads(raw)
             if reply[0] == 2:
                 return RefreshResult(counted_out=True)
-            state, closed, expired, settled, more, next_check, prefixes = reply
+            state, closed, expired, settled, more, next_check, prefixes, broken = reply
             reasons: dict[str, str] = {}
             codes: dict[str, int] = {}
             for item in closed or ():
@@ -708,7 +715,12 @@ class RedisStore:
                 lost=state == 1,
                 more=bool(more),
                 next_check=None if next_check < 0 else float(next_check),
+                broken=tuple(f"{node}.{seq}" for seq in broken or ()),
             )
+
+        checked = [
+            [self._check_id(c).partition(".")[2], _opt(c.user)] for c in audit if c.node == node
+        ]
 
         return self._fcall(
             "beat",
@@ -719,11 +731,12 @@ class RedisStore:
             self.reap_budget,
             SETTLE_BATCH,
             self._writes.get(node, 0),
+            json.dumps(checked[:AUDIT_BATCH], separators=(",", ":")),
             parse=parse,
         )
 
     def _restore_steps(
-        self, connections: tuple[Connection, ...], policy: SessionPolicy
+        self, connections: tuple[Connection, ...], policy: SessionPolicy, function: str = "restore"
     ) -> Steps[RestoreResult]:
         restored = 0
         refused: list[str] = []
@@ -747,7 +760,7 @@ class RedisStore:
                     for c in conns[start : start + RESTORE_BATCH]
                 ]
                 count, ids = yield self._fcall(
-                    "restore",
+                    function,
                     self._node_key(node),
                     node,
                     prefix,
@@ -926,13 +939,27 @@ class RedisStore:
         """Sync twin of :meth:`aset_meta`."""
         return self._run(self._set_meta_op(connection, meta))
 
-    async def arefresh(self, node: str) -> RefreshResult:
-        """Keep ``node`` alive: one ``ZADD`` plus bounded chores, in one round trip."""
-        return await self._arun(self._refresh_op(node))
+    async def arefresh(self, node: str, audit: tuple[Connection, ...] = ()) -> RefreshResult:
+        """Keep ``node`` alive: one ``ZADD`` plus bounded chores, in one round trip.
 
-    def refresh(self, node: str) -> RefreshResult:
+        ``audit``: some of the node's live connections (``AUDIT_BATCH`` at
+        most are checked) whose keys are checked for losses (``broken``).
+        """
+        return await self._arun(self._refresh_op(node, audit))
+
+    def refresh(self, node: str, audit: tuple[Connection, ...] = ()) -> RefreshResult:
         """Sync twin of :meth:`arefresh`."""
-        return self._run(self._refresh_op(node))
+        return self._run(self._refresh_op(node, audit))
+
+    async def arepair(
+        self, connections: tuple[Connection, ...], policy: SessionPolicy
+    ) -> RestoreResult:
+        """Put back what the store lost of live connections, under ``policy``'s limits."""
+        return await self._adrive(self._restore_steps(connections, policy, "repair"))
+
+    def repair(self, connections: tuple[Connection, ...], policy: SessionPolicy) -> RestoreResult:
+        """Sync twin of :meth:`arepair`."""
+        return self._drive(self._restore_steps(connections, policy, "repair"))
 
     async def arestore(
         self, connections: tuple[Connection, ...], policy: SessionPolicy

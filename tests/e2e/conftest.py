@@ -87,10 +87,12 @@ def start_cluster(
     """Start servers: ``start_cluster(presence={...}, names=("a", "b"), kind="uvicorn")``.
 
     ``sentinel=setup`` puts the presence cache behind that Sentinel set-up
-    (the channel layer stays on its own Redis).
+    (the channel layer stays on its own Redis, or ``layer_redis_url``).
 
     ``record_events=True`` makes them record every presence signal (see
-    ``harness.recorded_events``).
+    ``harness.recorded_events``). ``layer_redis_url`` puts the channel layer
+    on another Redis than the session's layer server (the presence Redis, to
+    share one as production often does).
 
     Each call gets key prefixes of its own. Every server is stopped at
     teardown, and its log is printed when the test failed.
@@ -106,6 +108,7 @@ def start_cluster(
         presence_enabled: bool = True,
         record_events: bool = False,
         sentinel: SentinelSetup | None = None,
+        layer_redis_url: str = layer_redis_url,
     ) -> Cluster:
         config = ServerConfig(
             redis_url=sentinel.location() if sentinel else redis_url,

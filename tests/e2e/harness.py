@@ -914,7 +914,7 @@ def presence_keys(redis_url: str, prefix: str) -> dict[str, float]:
 
     client = redis.Redis.from_url(redis_url)
     try:
-        keys = list(client.scan_iter(match=f"{prefix}:*", count=1000))
+        keys = list(client.scan_iter(match=f"{prefix}/*", count=1000))
         expiries = {k.decode(): client.pttl(k) for k in keys}
         # -2: expired since the scan saw it.
         return {k: ms / 1000 if ms >= 0 else -1.0 for k, ms in expiries.items() if ms != -2}
