@@ -25,6 +25,7 @@ ORDER = [
     "stores.base",
     "stores.local",
     "stores.redis",
+    "stores.cluster",
     "stores",
     "checks",
     "closing",
@@ -50,6 +51,7 @@ ALLOWED_LATE = {
     ("apps", "conf"),
     ("apps", "receivers"),
     ("stores", "stores.redis"),
+    ("stores", "stores.cluster"),
     ("", "api"),
 }
 

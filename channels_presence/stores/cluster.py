@@ -1,0 +1,959 @@
+"""The Redis store on a Redis Cluster: every call on one slot, steps pipelined per node.
+
+On one Redis, a connect is one function call that writes the user's record,
+the node's bucket and each group at once. On a cluster those keys live in
+different slots (each user, group and node has its own hash tag, so presence
+spreads over every primary), and a script may touch one slot only. This
+store runs the same operations as a few per-slot steps (the ``c_*``
+functions of ``presence.lua``, whose header gives their order), sending the
+calls of one step to every node they concern in one pipelined round trip.
+
+What stays atomic: everything about one user (the session limit, the
+per-user connection limit, a logout fence), one group's counts, one node's
+buckets. What is eventually consistent: a connection is in its user's record
+a few milliseconds before it is counted in its groups, and group counts,
+the group registry (``groups()``) and leave-grace notices catch up within
+the same operation. Every step is safe to replay, so a reaper that dies
+half-way leaves work the next one completes.
+
+A key prefix that is itself a hash tag (``{presence}``) keeps every key in
+one slot: the store then runs the one-call functions through the cluster
+client, on one primary.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+from urllib.parse import urlsplit
+
+import redis.asyncio.cluster
+import redis.cluster
+from django.core.exceptions import ImproperlyConfigured
+from redis.exceptions import RedisClusterException, RedisError, ResponseError
+
+from ..conf import PresenceSettings
+from ..exceptions import StoreUnavailable
+from .base import (
+    Absence,
+    Connection,
+    ConnectResult,
+    Departure,
+    RefreshResult,
+    RestoreResult,
+    SessionPolicy,
+)
+from .redis import (
+    _SOURCE,
+    GROUPS_BATCH,
+    INBOX_BATCH,
+    MEMBERS_BATCH,
+    READ_BATCH,
+    SETTLE_BATCH,
+    USER_BATCH,
+    RedisStore,
+    Steps,
+    T,
+    _absences,
+    _by_time,
+    _channel_part,
+    _connection,
+    _departures,
+    _group_list,
+    _limit,
+    _meta,
+    _Op,
+    _opt,
+    _safe_url,
+    _strings,
+)
+
+__all__ = ["ClusterRedisStore"]
+
+#: Connections one reaper step takes from a dead node (one bucket at most).
+REAP_BATCH = 128
+#: Channel prefixes of other nodes remembered (departures name their channels).
+PREFIX_CACHE = 10_000
+_TAGGED = re.compile(r"[^{]*\{[^}]+\}.*")
+
+
+@dataclass(frozen=True)
+class _Batch:
+    """Commands for several slots, sent pipelined: one round trip per node."""
+
+    ops: tuple[_Op[Any], ...]
+
+
+def _split(value: Any) -> list[str]:
+    return [g for g in str(value or "").split(",") if g]
+
+
+def _records(user: str | None, flat: Mapping[str, str]) -> list[list[Any]]:
+    """A holder hash as the functions reply records: [cid, user, rec, session, groups, meta]."""
+    out = []
+    for field, rec in flat.items():
+        if "." not in field or "|" in field:
+            continue
+        tab = rec.find("\t", 8)
+        session = rec[tab + 1 :] if tab >= 0 else False
+        out.append(
+            [field, user or False, rec, session, flat.get(f"{field}|g"), flat.get(f"{field}|m")]
+        )
+    return out
+
+
+class ClusterRedisStore(RedisStore):
+    """Presence on a Redis Cluster (``CHANNELS_PRESENCE["REDIS_CLUSTER"] = True``).
+
+    ``url`` is one node of the cluster and ``seeds`` any others: redis-py's
+    cluster client (sync and asyncio) finds the rest. The function library is
+    loaded on every primary, and again on a primary that lacks it (a new or
+    promoted one).
+    """
+
+    def __init__(self, url: str = "redis://localhost:6379/0", **kwargs: Any) -> None:
+        seeds = kwargs.pop("seeds", ())
+        super().__init__(url, **kwargs)
+        self.seeds: tuple[str, ...] = ()
+        self._set_seeds(seeds)
+        # A prefix that is a hash tag puts every key in one slot: one call will do.
+        self.per_slot = not _TAGGED.fullmatch(self.prefix)
+        self._other_prefixes: dict[str, str] = {}
+
+    def _set_seeds(self, seeds: Iterable[str]) -> None:
+        self.seeds = (self.url, *(s for s in seeds if s != self.url))
+        for seed in self.seeds:
+            db = urlsplit(seed).path.strip("/")
+            if db not in ("", "0"):
+                raise ImproperlyConfigured(
+                    f"Redis Cluster node {_safe_url(seed)} names database {db}; a cluster "
+                    f"has database 0 only: drop the /{db} from the cache's LOCATION."
+                )
+        if self._kwargs.get("db") not in (None, 0):
+            raise ImproperlyConfigured(
+                f"The presence cache selects database {self._kwargs['db']!r}; a Redis "
+                "Cluster has database 0 only: drop DB (or db) from its OPTIONS."
+            )
+
+    def __repr__(self) -> str:
+        return f"ClusterRedisStore(url={_safe_url(self.url)!r}, prefix={self.prefix!r})"
+
+    @classmethod
+    def from_cache_config(
+        cls, config: Mapping[str, Any], settings: PresenceSettings
+    ) -> ClusterRedisStore:
+        """As :meth:`RedisStore.from_cache_config`; every ``LOCATION`` is a seed node."""
+        store = super().from_cache_config(config, settings)
+        assert isinstance(store, ClusterRedisStore)
+        location = config.get("LOCATION") or store.url
+        if isinstance(location, str):
+            seeds = [loc.strip() for loc in re.split("[;,]", location) if loc.strip()]
+        else:
+            seeds = [str(loc) for loc in location]
+        store._set_seeds(seeds)
+        return store
+
+    # Clients ------------------------------------------------------------------------
+
+    def _cluster_kwargs(self) -> dict[str, Any]:
+        kwargs = {k: v for k, v in self._kwargs.items() if k != "db"}
+        parts = urlsplit(self.url)
+        if parts.username and "username" not in kwargs:
+            kwargs["username"] = parts.username
+        if parts.password and "password" not in kwargs:
+            kwargs["password"] = parts.password
+        if parts.scheme == "rediss":
+            kwargs.setdefault("ssl", True)
+        return kwargs
+
+    def _nodes(self, node_class: Any) -> list[Any]:
+        return [
+            node_class(urlsplit(seed).hostname or "localhost", urlsplit(seed).port or 6379)
+            for seed in self.seeds
+        ]
+
+    def _sync_client(self) -> Any:
+        with self._lock:
+            if self._sync is None:
+                try:
+                    self._sync = redis.cluster.RedisCluster(  # type: ignore[assignment]
+                        startup_nodes=self._nodes(redis.cluster.ClusterNode),
+                        **self._cluster_kwargs(),
+                    )
+                except RedisClusterException as exc:
+                    raise self._not_a_cluster(exc) from exc
+                except RedisError as exc:
+                    raise self._unavailable(exc) from exc
+            return self._sync
+
+    def _new_async_client(self) -> Any:
+        return redis.asyncio.cluster.RedisCluster(
+            startup_nodes=self._nodes(redis.asyncio.cluster.ClusterNode),
+            **self._cluster_kwargs(),
+        )
+
+    @staticmethod
+    async def _close_async(client: Any) -> None:
+        await client.aclose()
+
+    @staticmethod
+    def _close_sync(client: Any) -> None:
+        client.close()
+
+    def _not_a_cluster(self, exc: Exception) -> StoreUnavailable:
+        text = str(exc)
+        if "not enabled" in text or "cluster_enabled" in text:
+            return StoreUnavailable(
+                f"Redis at {_safe_url(self.url)} is not a Redis Cluster node ({text}): set "
+                "CHANNELS_PRESENCE['REDIS_CLUSTER'] = False, or point the cache at the cluster."
+            )
+        return StoreUnavailable(f"Redis Cluster at {_safe_url(self.url)} failed: {text}")
+
+    # Running commands -----------------------------------------------------------------
+
+    def _fail(self, exc: Exception) -> StoreUnavailable:
+        if isinstance(exc, RedisClusterException):
+            return self._not_a_cluster(exc)
+        return self._unavailable(exc)
+
+    @staticmethod
+    def _missing_function(reply: Any) -> bool:
+        return isinstance(reply, ResponseError) and "Function not found" in str(reply)
+
+    def _load(self, client: Any) -> None:
+        try:
+            client.function_load(_SOURCE, replace=True)
+        except ResponseError as exc:
+            raise self._old_redis(exc) from exc
+
+    async def _aload(self, client: Any) -> None:
+        try:
+            await client.function_load(_SOURCE, replace=True)
+        except ResponseError as exc:
+            raise self._old_redis(exc) from exc
+
+    def _run(self, op: _Op[T]) -> T:
+        client = self._sync_client()
+        try:
+            try:
+                raw = client.execute_command(*op.command)
+            except ResponseError as exc:
+                if not self._missing_function(exc):
+                    raise
+                # A primary without the library: a new one, or a replica promoted.
+                self._load(client)
+                raw = client.execute_command(*op.command)
+        except (RedisError, RedisClusterException) as exc:
+            raise self._fail(exc) from exc
+        return op.parse(raw)
+
+    async def _arun(self, op: _Op[T]) -> T:
+        try:
+            client = self._async_client()
+            try:
+                raw = await client.execute_command(*op.command)  # type: ignore[no-untyped-call]
+            except ResponseError as exc:
+                if not self._missing_function(exc):
+                    raise
+                await self._aload(client)
+                raw = await client.execute_command(*op.command)  # type: ignore[no-untyped-call]
+        except (RedisError, RedisClusterException) as exc:
+            raise self._fail(exc) from exc
+        return op.parse(raw)
+
+    def _pipelined(self, batch: _Batch) -> list[Any]:
+        client = self._sync_client()
+        try:
+            replies = self._send(client, batch.ops)
+            if any(self._missing_function(r) for r in replies):
+                self._load(client)
+                again = [i for i, r in enumerate(replies) if self._missing_function(r)]
+                for i, reply in zip(
+                    again, self._send(client, [batch.ops[i] for i in again]), strict=True
+                ):
+                    replies[i] = reply
+        except (RedisError, RedisClusterException) as exc:
+            raise self._fail(exc) from exc
+        return self._parse_all(batch, replies)
+
+    async def _apipelined(self, batch: _Batch) -> list[Any]:
+        try:
+            client = self._async_client()
+            replies = await self._asend(client, batch.ops)
+            if any(self._missing_function(r) for r in replies):
+                await self._aload(client)
+                again = [i for i, r in enumerate(replies) if self._missing_function(r)]
+                redo = await self._asend(client, [batch.ops[i] for i in again])
+                for i, reply in zip(again, redo, strict=True):
+                    replies[i] = reply
+        except (RedisError, RedisClusterException) as exc:
+            raise self._fail(exc) from exc
+        return self._parse_all(batch, replies)
+
+    @staticmethod
+    def _send(client: Any, ops: Sequence[_Op[Any]]) -> list[Any]:
+        pipe = client.pipeline()
+        for op in ops:
+            pipe.execute_command(*op.command)
+        return list(pipe.execute(raise_on_error=False))
+
+    @staticmethod
+    async def _asend(client: Any, ops: Sequence[_Op[Any]]) -> list[Any]:
+        pipe = client.pipeline()
+        for op in ops:
+            pipe.execute_command(*op.command)
+        return list(await pipe.execute(raise_on_error=False))
+
+    def _parse_all(self, batch: _Batch, replies: list[Any]) -> list[Any]:
+        for reply in replies:
+            if isinstance(reply, Exception):
+                raise self._fail(reply) from reply
+        return [op.parse(reply) for op, reply in zip(batch.ops, replies, strict=True)]
+
+    def _drive(self, steps: Steps[T]) -> T:
+        try:
+            step: Any = next(steps)
+            while True:
+                if isinstance(step, _Batch):
+                    step = steps.send(self._pipelined(step) if step.ops else [])
+                else:
+                    step = steps.send(self._run(step))
+        except StopIteration as done:
+            result: T = done.value
+            return result
+
+    async def _adrive(self, steps: Steps[T]) -> T:
+        try:
+            step: Any = next(steps)
+            while True:
+                if isinstance(step, _Batch):
+                    step = steps.send(await self._apipelined(step) if step.ops else [])
+                else:
+                    step = steps.send(await self._arun(step))
+        except StopIteration as done:
+            result: T = done.value
+            return result
+
+    # Keys and small steps ---------------------------------------------------------------
+
+    def _global_key(self) -> str:
+        return f"{self.prefix}/{{~}}nodes"
+
+    def _group_steps(
+        self, changes: Iterable[tuple[str, str, str, str]]
+    ) -> Steps[dict[tuple[str, str], int]]:
+        """Count (op, cid, user, group) changes into or out of their groups.
+
+        One call a group, all pipelined; returns (cid, group) -> c_group's flags.
+        """
+        by_group: dict[str, list[tuple[str, str, str]]] = {}
+        for op, cid, user, group in changes:
+            by_group.setdefault(group, []).append((op, cid, user))
+        if not by_group:
+            return {}
+        names = list(by_group)
+        replies = yield _Batch(
+            tuple(
+                self._fcall(
+                    "c_group",
+                    self.group_key(g),
+                    g,
+                    *(x for item in by_group[g] for x in item),
+                    parse=list,
+                )
+                for g in names
+            )
+        )
+        flags: dict[tuple[str, str], int] = {}
+        for g, reply in zip(names, replies, strict=True):
+            for (_, cid, _), flag in zip(by_group[g], reply, strict=True):
+                flags[(cid, g)] = flags.get((cid, g), 0) | int(flag)
+        return flags
+
+    def _global_op(self, triples: Sequence[tuple[str, str, str]]) -> _Op[list[int]]:
+        return self._fcall(
+            "c_global", self._global_key(), *(x for t in triples for x in t), parse=list
+        )
+
+    def _registry(
+        self, flags: Mapping[tuple[str, str], int], op: str
+    ) -> list[tuple[str, str, str]]:
+        """Registry changes for groups that became non-empty ('R+') or empty ('R-')."""
+        return [(op, g, "") for (_, g), f in flags.items() if f & 4]
+
+    def _absent(
+        self, user: str, groups: Iterable[str], offline: bool
+    ) -> list[tuple[str, str, str]]:
+        if self.grace <= 0 or not user:
+            return []
+        marks = [("A", user, g) for g in groups]
+        if offline:
+            marks.append(("A", user, ""))
+        return marks
+
+    def _prefix_steps(self, nodes: Iterable[str]) -> Steps[dict[str, str]]:
+        """The channel prefix of each node, read from its hash when not known yet."""
+        known = {**self._other_prefixes, **self._node_prefixes}
+        wanted = sorted({n for n in nodes if n not in known})
+        if wanted:
+            found = yield _Batch(
+                tuple(
+                    _Op(("HGET", self._node_key(n), "c"), parse=lambda r: r or "") for n in wanted
+                )
+            )
+            if len(self._other_prefixes) > PREFIX_CACHE:
+                self._other_prefixes.clear()
+            self._other_prefixes.update(zip(wanted, found, strict=True))
+            known.update(zip(wanted, found, strict=True))
+        return known
+
+    def _finish_departures(
+        self, deps: Sequence[list[Any]], flags: Mapping[tuple[str, str], int]
+    ) -> Steps[tuple[Departure, ...]]:
+        """Departures from c_unrecord's replies, with the groups their users left."""
+        for dep in deps:
+            dep[6] = [g for g in _split(dep[4]) if flags.get((dep[0], g), 0) & 2]
+        prefixes = yield from self._prefix_steps(d[0].partition(".")[0] for d in deps)
+        return _departures(deps, prefixes)
+
+    def _delist_ops(
+        self, cids: Iterable[str], why: str = "", code: Any = "", own: bool = False
+    ) -> list[_Op[Any]]:
+        by_node: dict[str, list[str]] = {}
+        for cid in cids:
+            node, _, seq = cid.partition(".")
+            by_node.setdefault(node, []).append(seq)
+        return [
+            self._fcall(
+                "c_delist",
+                self._node_key(node),
+                node,
+                "1" if own else "",
+                why,
+                "" if code is None else code,
+                *seqs,
+                parse=int,
+            )
+            for node, seqs in by_node.items()
+        ]
+
+    def _removal_steps(
+        self, deps: list[list[Any]], why: str = "", code: Any = ""
+    ) -> Steps[tuple[Departure, ...]]:
+        """After c_unrecord or c_kick: groups, buckets (with notices) and the {~} slot."""
+        flags = yield from self._group_steps(
+            ("-", d[0], _opt(d[1] or None), g) for d in deps for g in _split(d[4])
+        )
+        departures = yield from self._finish_departures(deps, flags)
+        glob: list[tuple[str, str, str]] = self._registry(flags, "R-")
+        for d in deps:
+            glob += self._absent(_opt(d[1] or None), d[6], bool(d[7]))
+        ops = self._delist_ops((d[0] for d in deps), why, code)
+        if glob:
+            ops.append(self._global_op(glob))
+        yield _Batch(tuple(ops))
+        return departures
+
+    def _recorded_op(self, user: str, cid: str) -> _Op[bool]:
+        return _Op(("HEXISTS", self._holder_key(user, cid), cid), parse=bool)
+
+    def _undo_steps(self, cid: str, user: str, groups: Iterable[str]) -> Steps[None]:
+        """Count out of ``groups`` a connection removed while it was being counted in.
+
+        Its remover took it out of the record and then out of the groups it
+        found; a count-in that landed after that is undone here, once the
+        record is seen gone. Either way the connection ends up counted nowhere.
+        """
+        flags = yield from self._group_steps(("-", cid, user, g) for g in groups)
+        if emptied := self._registry(flags, "R-"):
+            yield self._global_op(emptied)
+
+    # Writes --------------------------------------------------------------------------
+
+    def _connect_steps(self, connection: Connection, policy: SessionPolicy) -> Steps[ConnectResult]:
+        if not self.per_slot:
+            return (yield from super()._connect_steps(connection, policy))
+        cid = self._check_id(connection)
+        node = connection.node
+        user = _opt(connection.user)
+        fresh = node not in self._live_nodes
+        prefix = self._prefix_of(node, connection.channel_name)
+        # The bucket first: a node that dies later is reaped with this connection.
+        enlisted = yield self._fcall(
+            "c_enlist", self._node_key(node), cid, user, prefix, "1" if fresh else "", parse=int
+        )
+        if enlisted != 1:
+            return ConnectResult(accepted=False, refused="counted_out")
+        groups = tuple(dict.fromkeys(connection.groups))
+        at = "" if not connection.connected_at else str(round(connection.connected_at * 1000))
+        reply = yield self._fcall(
+            "c_admit",
+            self._holder_key(user, cid),
+            cid,
+            user,
+            _opt(connection.session),
+            ",".join(groups),
+            _meta(connection.meta),
+            _limit(policy.max_sessions),
+            policy.scope,
+            policy.on_limit,
+            at,
+            _channel_part(connection.channel_name, prefix),
+            "",
+            _limit(policy.max_connections),
+            policy.close_code,
+            str(round(connection.opened_at * 1000)) if connection.opened_at else "",
+            parse=json.loads,
+        )
+        status = reply[0]
+        if status != 1:
+            yield _Batch(tuple(self._delist_ops([cid])))
+            refused = {0: "limit", -2: "connections", -3: "logged_out"}[status]
+            return ConnectResult(accepted=False, refused=refused)
+        self._live_nodes.add(node)
+        self._writes[node] = self._writes.get(node, 0) + 1
+        _, first, evicted, t_ms, sessions, replaced = reply
+        evicted = list(evicted or ())
+        # Ours in before the evicted out: a group both share keeps the user.
+        changes = [("+", cid, user, g) for g in groups]
+        changes += [("-", cid, user, g) for g in _strings(replaced) if g not in groups]
+        changes += [("-", d[0], user, g) for d in evicted for g in _split(d[4])]
+        flags = yield from self._group_steps(changes)
+        joined = [g for g in groups if flags.get((cid, g), 0) & 2]
+        departures = list((yield from self._finish_departures(evicted, flags)))
+        created = [g for g in groups if flags.get((cid, g), 0) & 4]
+        emptied = [g for (c, g), f in flags.items() if f & 4 and not (c == cid and g in groups)]
+        glob: list[tuple[str, str, str]] = [("N", node, "")] if fresh else []
+        glob += [("R+", g, "") for g in created] + [("R-", g, "") for g in emptied]
+        asks: list[str] = []
+        if self.grace > 0 and user:
+            # Back within the leave grace: no "online" or "joined" to announce.
+            asks = [""] * bool(first) + joined
+        start = len(glob)
+        glob += [("B", user, g) for g in asks]
+        for d in departures:
+            glob += self._absent(user, d.user_left, False)
+        ops = self._delist_ops((d[0] for d in evicted), "superseded", policy.close_code)
+        if glob:
+            ops.append(self._global_op(glob))
+        if groups:
+            ops.append(self._recorded_op(user, cid))
+        replies = yield _Batch(tuple(ops))
+        if groups and not replies[-1]:
+            yield from self._undo_steps(cid, user, groups)
+        answers = replies[len(ops) - 1 - bool(groups)][start : start + len(asks)] if asks else []
+        back = {g for g, a in zip(asks, answers, strict=True) if int(a)}
+        for session in sessions or ():
+            more = yield from self._disconnect_user_steps(
+                user, str(session), "superseded", policy.close_code
+            )
+            departures.extend(more)
+        return ConnectResult(
+            accepted=True,
+            evicted=tuple(departures),
+            came_online=bool(first) and "" not in back,
+            user_joined=tuple(g for g in joined if g not in back),
+            connected_at=int(t_ms) / 1000,
+        )
+
+    def _disconnect_steps(self, connection: Connection) -> Steps[Departure | None]:
+        if not self.per_slot:
+            return (yield from super()._disconnect_steps(connection))
+        cid = self._check_id(connection)
+        node = connection.node
+        user = _opt(connection.user)
+        holder = self._holder_key(user, cid)
+        # Out of the groups first, then the record: a caller that dies between
+        # the two leaves a record the reaper still finds, with its groups.
+        groups = yield _Op(("HGET", holder, f"{cid}|g"), parse=_split)
+        flags = yield from self._group_steps(("-", cid, user, g) for g in groups)
+        [dep] = yield self._fcall("c_unrecord", holder, user, cid, parse=json.loads)
+        self._writes[node] = self._writes.get(node, 0) + 1
+        ops = self._delist_ops([cid], own=True)
+        if not dep:
+            yield _Batch(tuple(ops))
+            return None
+        [departure] = yield from self._finish_departures([dep], flags)
+        glob = self._registry(flags, "R-") + self._absent(
+            user, departure.user_left, departure.went_offline
+        )
+        if glob:
+            ops.append(self._global_op(glob))
+        yield _Batch(tuple(ops))
+        return departure
+
+    def _membership_steps(
+        self, name: str, connection: Connection, groups: tuple[str, ...]
+    ) -> Steps[tuple[str, ...]]:
+        if not self.per_slot:
+            return (yield from super()._membership_steps(name, connection, groups))
+        cid = self._check_id(connection)
+        user = _opt(connection.user)
+        holder = self._holder_key(user, cid)
+        unique = tuple(dict.fromkeys(groups))
+        changed: list[str] = []
+        for start in range(0, len(unique), GROUPS_BATCH):
+            part = unique[start : start + GROUPS_BATCH]
+            edit = self._fcall(
+                "c_edit",
+                holder,
+                cid,
+                user,
+                "+" if name == "join" else "-",
+                _group_list(part),
+                parse=json.loads,
+            )
+            if name == "join":
+                # The record first: a group never counts a connection that is not recorded.
+                added = yield edit
+                if added is False:
+                    return ()
+                flags = yield from self._group_steps(("+", cid, user, g) for g in _strings(added))
+                firsts = [g for g in _strings(added) if flags.get((cid, g), 0) & 2]
+                glob = self._registry(flags, "R+")
+                asks = firsts if self.grace > 0 and user else []
+                glob += [("B", user, g) for g in asks]
+                back: set[str] = set()
+                ops: list[_Op[Any]] = [self._recorded_op(user, cid)]
+                if glob:
+                    ops.append(self._global_op(glob))
+                replies = yield _Batch(tuple(ops))
+                if not replies[0]:
+                    yield from self._undo_steps(cid, user, _strings(added))
+                    return tuple(changed)
+                if glob:
+                    answers = replies[1][len(glob) - len(asks) :]
+                    back = {g for g, a in zip(asks, answers, strict=True) if int(a)}
+                changed += [g for g in firsts if g not in back]
+            else:
+                # The groups first: a record never lists a group that lost count of it.
+                flags = yield from self._group_steps(("-", cid, user, g) for g in part)
+                dropped = yield edit
+                if dropped is False and not flags:
+                    return ()
+                left = [g for g in part if flags.get((cid, g), 0) & 2]
+                glob = self._registry(flags, "R-") + self._absent(user, left, False)
+                if glob:
+                    yield self._global_op(glob)
+                changed += left
+        return tuple(changed)
+
+    def _disconnect_user_steps(
+        self, user: str, session: str | None, reason: str, code: int | None
+    ) -> Steps[tuple[Departure, ...]]:
+        if not self.per_slot:
+            return (yield from super()._disconnect_user_steps(user, session, reason, code))
+        found: list[Departure] = []
+        cursor = "0"
+        while True:
+            cursor, deps = yield self._fcall(
+                "c_kick",
+                self._user_key(user),
+                user,
+                _opt(session),
+                cursor,
+                USER_BATCH,
+                parse=json.loads,
+            )
+            deps = list(deps or ())
+            if deps:
+                found.extend((yield from self._removal_steps(deps, reason, code)))
+            if str(cursor) == "0":
+                return tuple(sorted(found, key=lambda d: d.connection.connected_at))
+
+    def _restore_steps(
+        self, connections: tuple[Connection, ...], policy: SessionPolicy
+    ) -> Steps[RestoreResult]:
+        if not self.per_slot:
+            return (yield from super()._restore_steps(connections, policy))
+        # Written back one by one; a connection that would take its user past
+        # a limit is refused (on a cluster, newer ones never evict here).
+        strict = replace(policy, on_limit="reject_new")
+        restored = 0
+        refused: list[str] = []
+        for c in connections:
+            result = yield from self._connect_steps(c, strict)
+            if result.accepted:
+                restored += 1
+            else:
+                refused.append(c.conn_id)
+        return RestoreResult(restored=restored, refused=tuple(refused))
+
+    def _retire_steps(self, node: str) -> Steps[bool]:
+        if not self.per_slot:
+            return (yield from super()._retire_steps(node))
+        done = yield self._fcall("c_retire", self._node_key(node), node, parse=int)
+        if done:
+            yield self._global_op([("X", node, "")])
+        return bool(done)
+
+    # Liveness ----------------------------------------------------------------------------
+
+    def _empty_node_steps(
+        self, node: str, budget: int, reaping: bool
+    ) -> Steps[tuple[list[Departure], int, bool]]:
+        """Remove a node's connections, a bucket's worth a step, up to ``budget``.
+
+        Each step is safe to replay: a reaper that dies after any of them leaves
+        the connections it had not finished in the bucket for the next one.
+        Returns departures (none when the node resets itself), work done, and
+        whether the node has none left.
+        """
+        out: list[Departure] = []
+        work = 0
+        while work < budget:
+            flat, done = yield self._fcall(
+                "c_reap_take",
+                self._node_key(node),
+                node,
+                min(REAP_BATCH, budget - work),
+                "1" if reaping else "",
+                parse=json.loads,
+            )
+            if done:
+                if reaping:
+                    yield self._global_op([("X", node, "")])
+                return out, work, True
+            pairs = [
+                (f"{node}.{flat[i]}", _opt(flat[i + 1] or None)) for i in range(0, len(flat), 2)
+            ]
+            # Each record's groups, read before anything is removed.
+            groups = yield _Batch(
+                tuple(
+                    _Op(("HGET", self._holder_key(user, cid), f"{cid}|g"), parse=_split)
+                    for cid, user in pairs
+                )
+            )
+            flags = yield from self._group_steps(
+                ("-", cid, user, g)
+                for (cid, user), gs in zip(pairs, groups, strict=True)
+                for g in gs
+            )
+            by_holder: dict[tuple[str, str], list[str]] = {}
+            for cid, user in pairs:
+                by_holder.setdefault((self._holder_key(user, cid), user), []).append(cid)
+            replies = yield _Batch(
+                tuple(
+                    self._fcall("c_unrecord", key, user, *cids, parse=json.loads)
+                    for (key, user), cids in by_holder.items()
+                )
+            )
+            deps = [d for reply in replies for d in reply if d]
+            departures = yield from self._finish_departures(deps, flags)
+            glob = self._registry(flags, "R-")
+            if reaping:
+                out.extend(departures)
+                for d in deps:
+                    glob += self._absent(_opt(d[1] or None), d[6], bool(d[7]))
+            ops = self._delist_ops(cid for cid, _ in pairs)
+            if glob:
+                ops.append(self._global_op(glob))
+            yield _Batch(tuple(ops))
+            work += len(pairs) + sum(len(gs) for gs in groups)
+        return out, work, False
+
+    def _reap_steps(self, budget: int, dead: str | None) -> Steps[tuple[list[Departure], bool]]:
+        """Reap dead nodes, ``dead`` first, until ``budget``; returns departures, more."""
+        found: list[Departure] = []
+        work = 0
+        while work < budget:
+            if dead is None:
+                _, dead, _, _ = yield self._tick_op("", 0)
+                if not dead:
+                    return found, False
+            deps, done_work, _ = yield from self._empty_node_steps(str(dead), budget - work, True)
+            found.extend(deps)
+            work += max(1, done_work)
+            dead = None
+        return found, True
+
+    def _tick_op(self, node: str, settle: int) -> _Op[Any]:
+        return self._fcall("c_tick", self._global_key(), node, settle, parse=json.loads)
+
+    def _claimed_steps(self, items: Sequence[str]) -> Steps[tuple[Absence, ...]]:
+        """Departures claimed after the grace: those whose user is still away."""
+        ops = []
+        pairs = []
+        for item in items:
+            parts = str(item).split("\t")
+            if parts[0] == "u":
+                ops.append(_Op(("EXISTS", self._user_key(parts[1])), parse=int))
+                pairs.append([parts[1], None])
+            else:
+                ops.append(_Op(("HEXISTS", self.group_key(parts[1]), parts[2]), parse=int))
+                pairs.append([parts[2], parts[1]])
+        if not ops:
+            return ()
+        present = yield _Batch(tuple(ops))
+        return _absences([p for p, here in zip(pairs, present, strict=True) if not here])
+
+    def _refresh_steps(self, node: str) -> Steps[RefreshResult]:
+        if not self.per_slot:
+            return (yield from super()._refresh_steps(node))
+        beat = yield self._fcall(
+            "c_beat",
+            self._node_key(node),
+            node,
+            self._prefix_of(node),
+            INBOX_BATCH,
+            self._writes.get(node, 0),
+            parse=json.loads,
+        )
+        if beat[0] == 2:
+            return RefreshResult(counted_out=True)
+        state, closed, more_inbox = beat
+        # Only once the node's own hash says it was not counted out.
+        next_check, dead, due, more_due = yield self._tick_op(node, SETTLE_BATCH)
+        settled = yield from self._claimed_steps(due or ())
+        expired: list[Departure] = []
+        reaping = False
+        if dead:
+            expired, reaping = yield from self._reap_steps(self.reap_budget, str(dead))
+        reasons: dict[str, str] = {}
+        codes: dict[str, int] = {}
+        for item in closed or ():
+            seq, why, code = str(item).split("\t")
+            cid = f"{node}.{seq}"
+            reasons[cid] = why
+            if code.isdigit():
+                codes[cid] = int(code)
+        return RefreshResult(
+            closed=tuple(reasons),
+            close_reasons=reasons,
+            close_codes=codes,
+            expired=tuple(expired),
+            settled=settled,
+            lost=state == 1,
+            more=bool(more_inbox or more_due or reaping),
+            next_check=None if next_check < 0 else float(next_check),
+        )
+
+    def _reset_steps(self, node: str) -> Steps[None]:
+        if not self.per_slot:
+            return (yield from super()._reset_steps(node))
+        done = False
+        while not done:
+            _, _, done = yield from self._empty_node_steps(node, self.reap_budget, False)
+
+    def _sweep_steps(self) -> Steps[tuple[Departure, ...]]:
+        if not self.per_slot:
+            return (yield from super()._sweep_steps())
+        found: list[Departure] = []
+        while True:
+            deps, more = yield from self._reap_steps(self.reap_budget, None)
+            found.extend(deps)
+            if not more:
+                return tuple(found)
+
+    def _settle_steps(self) -> Steps[tuple[Absence, ...]]:
+        if not self.per_slot:
+            return (yield from super()._settle_steps())
+        _, _, due, _ = yield self._tick_op("", SETTLE_BATCH)
+        return (yield from self._claimed_steps(due or ()))
+
+    # Reads --------------------------------------------------------------------------------
+
+    def _live_records_steps(self, items: list[list[Any]]) -> Steps[list[Connection]]:
+        """Connections of records whose node still beats."""
+        nodes = sorted({str(i[0]).partition(".")[0] for i in items})
+        if not nodes:
+            return []
+        beating = yield self._fcall_ro("c_alive", self._global_key(), *nodes, parse=list)
+        live = {n for n, a in zip(nodes, beating, strict=True) if int(a)}
+        prefixes = yield from self._prefix_steps(live)
+        return [_connection(i, prefixes) for i in items if str(i[0]).partition(".")[0] in live]
+
+    def _user_connections_steps(self, user: str) -> Steps[tuple[Connection, ...]]:
+        if not self.per_slot:
+            return (yield from super()._user_connections_steps(user))
+        flat = yield _Op(("HGETALL", self._user_key(user)), parse=lambda r: dict(r or {}))
+        return _by_time((yield from self._live_records_steps(_records(user, flat))))
+
+    def _group_connections_steps(self, group: str) -> Steps[tuple[Connection, ...]]:
+        if not self.per_slot:
+            return (yield from super()._group_connections_steps(group))
+        found: dict[str, Connection] = {}
+        users_cursor, anon_cursor = "0", "0"
+        while users_cursor or anon_cursor:
+            pages = []
+            if users_cursor:
+                pages.append(
+                    _Op(
+                        ("HSCAN", self.group_key(group), users_cursor, "COUNT", MEMBERS_BATCH), list
+                    )
+                )
+            if anon_cursor:
+                pages.append(
+                    _Op(
+                        (
+                            "SSCAN",
+                            f"{self.group_key(group)}/a",
+                            anon_cursor,
+                            "COUNT",
+                            MEMBERS_BATCH,
+                        ),
+                        list,
+                    )
+                )
+            replies = yield _Batch(tuple(pages))
+            users: list[str] = []
+            anonymous: list[str] = []
+            if users_cursor:
+                users_cursor, flat = replies.pop(0)
+                users = list(flat[0::2] if isinstance(flat, list) else flat)
+                users_cursor = "" if str(users_cursor) == "0" else str(users_cursor)
+            if anon_cursor:
+                anon_cursor, anonymous = replies.pop(0)
+                anon_cursor = "" if str(anon_cursor) == "0" else str(anon_cursor)
+            reads: list[_Op[Any]] = [
+                _Op(("HGETALL", self._user_key(u)), parse=lambda r: dict(r or {})) for u in users
+            ]
+            reads += [
+                _Op(
+                    ("HMGET", self._holder_key("", cid), cid, f"{cid}|g", f"{cid}|m"),
+                    parse=lambda r: r,
+                )
+                for cid in anonymous
+            ]
+            results = yield _Batch(tuple(reads))
+            items: list[list[Any]] = []
+            for u, flat in zip(users, results[: len(users)], strict=True):
+                items += [i for i in _records(u, flat) if group in _split(i[4])]
+            for cid, rec in zip(anonymous, results[len(users) :], strict=True):
+                if rec[0]:
+                    items += _records(None, {cid: rec[0], f"{cid}|g": rec[1], f"{cid}|m": rec[2]})
+            for conn in (yield from self._live_records_steps(items)):
+                found[conn.conn_id] = conn
+        return _by_time(list(found.values()))
+
+    def _groups_steps(self) -> Steps[dict[str, int]]:
+        if not self.per_slot:
+            return (yield from super()._groups_steps())
+        found: dict[str, int] = {}
+        after = ""
+        while True:
+            low = "-" if not after else f"({after}"
+            page = yield _Op(
+                ("ZRANGE", f"{self.prefix}/{{~}}groups", low, "+", "BYLEX", "LIMIT", 0, READ_BATCH),
+                parse=list,
+            )
+            sizes = yield from self._sizes_steps(tuple(page))
+            found.update((g, n) for g, n in sizes.items() if n > 0)
+            if len(page) < READ_BATCH:
+                return dict(sorted(found.items()))
+            after = str(page[-1])
+
+    def _sizes_steps(self, groups: tuple[str, ...]) -> Steps[dict[str, int]]:
+        if not self.per_slot:
+            return (yield from super()._sizes_steps(groups))
+        if not groups:
+            return {}
+        counts = yield _Batch(
+            tuple(
+                _Op(("GET", self.group_count_key(g)), parse=lambda r: int(r or 0)) for g in groups
+            )
+        )
+        return dict(zip(groups, counts, strict=True))

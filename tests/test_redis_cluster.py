@@ -1,0 +1,454 @@
+"""The Redis store on a real Redis Cluster: three primaries made by ``redis-cli --cluster create``.
+
+Every call must touch one slot (the cluster refuses any other), presence must
+spread over the primaries, the session limit must hold under a 20-way race
+of one user from twenty nodes, group counts must come out exact once the
+steps of an operation are done, and a reaper that dies between steps must
+leave work the next one completes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import pytest
+import redis
+import redis.cluster
+from django.core.exceptions import ImproperlyConfigured
+from django.test import override_settings
+from redis.crc import key_slot
+
+from channels_presence.exceptions import StoreUnavailable
+from channels_presence.stores import get_store
+from channels_presence.stores.base import ConnectResult, SessionPolicy
+from channels_presence.stores.cluster import ClusterRedisStore, _Batch
+from channels_presence.stores.redis import LIBRARY, RedisStore
+from tests.redis_cluster import RedisCluster
+from tests.test_redis_store import LAYOUT, ONE, SLACK, UNLIMITED, Node, channels
+
+pytestmark = pytest.mark.redis
+
+
+@pytest.fixture
+def make_store(
+    redis_cluster: RedisCluster, key_prefix: str
+) -> Iterator[Callable[..., ClusterRedisStore]]:
+    """ClusterRedisStores on the test cluster and prefix, closed afterwards."""
+    made: list[ClusterRedisStore] = []
+
+    def make(**kwargs: Any) -> ClusterRedisStore:
+        kwargs.setdefault("prefix", key_prefix)
+        store = ClusterRedisStore(redis_cluster.url, **kwargs)
+        made.append(store)
+        return store
+
+    yield make
+    for store in made:
+        store.close()
+
+
+@pytest.fixture
+def make_node(make_store: Callable[..., ClusterRedisStore]) -> Callable[..., Node]:
+    """A node on a cluster store of its own (one process each)."""
+
+    def make(**kwargs: Any) -> Node:
+        return Node(make_store(**kwargs))  # type: ignore[arg-type]
+
+    return make
+
+
+@pytest.fixture
+def cluster_client(redis_cluster: RedisCluster) -> Iterator[redis.cluster.RedisCluster]:
+    """A plain cluster client to look at what the store wrote."""
+    client = redis.cluster.RedisCluster.from_url(redis_cluster.url, decode_responses=True)
+    yield client
+    client.close()
+
+
+def keys_of(client: redis.cluster.RedisCluster, prefix: str) -> list[str]:
+    return sorted(client.scan_iter(match=f"{prefix}/*", count=1000, target_nodes="primaries"))
+
+
+def keys_per_primary(redis_cluster: RedisCluster, prefix: str) -> dict[int, int]:
+    out = {}
+    for port in redis_cluster.ports:
+        with redis.Redis(port=port) as client:
+            out[port] = sum(1 for _ in client.scan_iter(match=f"{prefix}/*", count=1000))
+    return out
+
+
+# The key behaviours ------------------------------------------------------------------
+
+
+def test_connect_join_leave_disconnect_keep_counts_exact(make_node: Callable[..., Node]) -> None:
+    a, b = make_node(), make_node()
+    store = a.store
+    c1 = a.connect("u1", groups=("room", "lobby"))
+    c2 = b.connect("u2", groups=("room",))
+    anon = b.connect(None, groups=("room",))
+
+    assert store.join(c1, ("extra", "room")) == ("extra",)
+    assert store.group_sizes(("room", "lobby", "extra", "none")) == {
+        "room": 3,
+        "lobby": 1,
+        "extra": 1,
+        "none": 0,
+    }
+    assert (store.group_size("room"), store.group_user_count("room")) == (3, 2)
+    assert store.groups() == {"extra": 1, "lobby": 1, "room": 3}
+    assert store.group_count() == 3
+    assert sorted(store.group_users("room")) == ["u1", "u2"]
+    members = {m.user: [c.conn_id for c in m.connections] for m in store.group_members("room")}
+    assert members == {"u1": [c1.conn_id], "u2": [c2.conn_id], None: [anon.conn_id]}
+    [found] = store.user_connections("u1")
+    assert (found.conn_id, found.groups) == (c1.conn_id, ("room", "lobby", "extra"))
+
+    assert store.leave(c1, ("lobby", "nowhere")) == ("lobby",)
+    assert store.groups() == {"extra": 1, "room": 3}
+    departure = store.disconnect(c1)
+    assert departure is not None
+    assert (set(departure.user_left), departure.went_offline) == ({"room", "extra"}, True)
+    assert store.disconnect(c1) is None
+    assert store.disconnect(anon) is not None
+    assert store.groups() == {"room": 1}
+    assert (store.group_size("room"), store.group_user_count("room")) == (1, 1)
+
+
+async def test_the_async_client_runs_the_same_steps(make_node: Callable[..., Node]) -> None:
+    a = make_node()
+    store = a.store
+    c = a.conn("u1", groups=("room",))
+    result = await store.aconnect(c, ONE)
+    assert (result.accepted, result.came_online, result.user_joined) == (True, True, ("room",))
+    assert await store.agroup_sizes(("room",)) == {"room": 1}
+    assert await store.agroups() == {"room": 1}
+    assert len(await store.agroup_members("room")) == 1
+    assert (await a.arefresh()).lost is False
+    departure = await store.adisconnect(c)
+    assert departure is not None and departure.went_offline
+    assert await store.agroups() == {}
+    await store.aclose()
+
+
+def test_disconnect_user_removes_every_connection_and_tells_each_node(
+    make_node: Callable[..., Node],
+) -> None:
+    nodes = [make_node() for _ in range(3)]
+    made = [
+        n.connect("u1", session=f"s{i % 2}", groups=("room", f"g{i}"))
+        for i, n in enumerate(nodes * 3)
+    ]
+    nodes[0].connect("u2", groups=("room",))
+
+    departures = nodes[0].store.disconnect_user("u1", session="s0", code=4003)
+    assert sorted(d.connection.conn_id for d in departures) == sorted(
+        c.conn_id for c in made if c.session == "s0"
+    )
+    assert sum(d.went_offline for d in departures) == 0
+    rest = nodes[0].store.disconnect_user("u1")
+    assert sum(d.went_offline for d in rest) == 1
+    store = nodes[0].store
+    assert store.user_connections("u1") == ()
+    assert store.groups() == {"room": 1}
+    closed = [cid for n in nodes for cid in n.refresh().closed]
+    assert sorted(closed) == sorted(c.conn_id for c in made)
+
+
+def test_a_dead_nodes_connections_are_reaped_by_another_nodes_heartbeat(
+    make_node: Callable[..., Node], cluster_client: redis.cluster.RedisCluster, key_prefix: str
+) -> None:
+    dead, live = make_node(ttl=1), make_node(ttl=1)
+    gone = [dead.connect(f"u{i}", groups=("room", f"g{i % 3}")) for i in range(10)]
+    gone.append(dead.connect(None, groups=("room",)))
+    kept = live.connect("u0", groups=("room",))
+    time.sleep(1 + SLACK)
+
+    assert live.store.user_connections("u1") == ()  # listings leave it out at once
+    expired = []
+    while True:
+        result = live.refresh()
+        expired.extend(result.expired)
+        if not result.more:
+            break
+    assert channels(expired) == channels(gone)
+    assert sum(d.went_offline for d in expired) == 9  # u0 still has the live node's
+    store = live.store
+    assert store.groups() == {"room": 1}
+    assert (store.group_size("room"), store.group_user_count("room")) == (1, 1)
+    assert [c.conn_id for c in store.user_connections("u0")] == [kept.conn_id]
+    assert dead.refresh().counted_out
+    # What is left of the dead node is its marker.
+    assert [k for k in keys_of(cluster_client, key_prefix) if f"/n{{{dead.id}}}" in k] == [
+        f"{key_prefix}/n{{{dead.id}}}"
+    ]
+
+
+def test_a_reaper_that_dies_between_steps_leaves_work_the_next_one_completes(
+    make_node: Callable[..., Node], make_store: Callable[..., ClusterRedisStore]
+) -> None:
+    dead = make_node(ttl=1)
+    gone = [dead.connect(f"u{i}", groups=("room", "lobby")) for i in range(6)]
+    survivor = make_node(ttl=30)
+    survivor.connect("x", groups=("room",))
+    time.sleep(1 + SLACK)
+
+    for stop_after in range(1, 6):
+        # A reaper that takes `stop_after` steps of a sweep, then dies.
+        crashing = make_store(ttl=1)
+        steps = crashing._sweep_steps()
+        step: Any = next(steps)
+        for _ in range(stop_after):
+            reply = crashing._pipelined(step) if isinstance(step, _Batch) else crashing._run(step)
+            try:
+                step = steps.send(reply)
+            except StopIteration:
+                break
+        steps.close()
+
+    departures = make_store(ttl=1).sweep()
+    store = survivor.store
+    # Every connection is gone exactly once, and the counts are exact.
+    assert {d.connection.conn_id for d in departures} <= {c.conn_id for c in gone}
+    assert store.group_sizes(("room", "lobby")) == {"room": 1, "lobby": 0}
+    assert store.groups() == {"room": 1}
+    assert store.group_user_count("room") == 1
+    assert all(store.user_connections(f"u{i}") == () for i in range(6))
+
+
+def test_leave_grace_holds_departures_and_a_quick_return_cancels_them(
+    make_node: Callable[..., Node],
+) -> None:
+    node = make_node(grace=1)
+    first = node.connect("u1", groups=("room",))
+    node.store.disconnect(first)
+    again = node.store.connect(node.conn("u1", groups=("room",)), ONE)
+    assert (again.came_online, again.user_joined) == (False, ())
+    other = node.connect("u2", groups=("room",))
+    node.store.disconnect(other)
+    time.sleep(1 + SLACK)
+    settled = node.store.settle()
+    assert sorted((a.user, a.group or "") for a in settled) == [("u2", ""), ("u2", "room")]
+    assert node.store.settle() == ()
+
+
+def test_restore_reset_and_retire_run_per_slot(make_node: Callable[..., Node]) -> None:
+    node = make_node()
+    made = [node.connect(f"u{i}", groups=("room",)) for i in range(5)]
+    node.store.reset(node.id)
+    assert node.store.group_size("room") == 0
+    result = node.store.restore(tuple(made), UNLIMITED)
+    assert (result.restored, result.refused) == (5, ())
+    assert node.store.group_size("room") == 5
+    for c in made:
+        node.store.disconnect(c)
+    assert node.store.retire(node.id) is True
+    assert node.store.groups() == {}
+
+
+# Spread and slots ---------------------------------------------------------------------
+
+
+def test_keys_spread_over_every_primary_and_each_call_stays_in_one_slot(
+    make_node: Callable[..., Node],
+    redis_cluster: RedisCluster,
+    key_prefix: str,
+    cluster_client: redis.cluster.RedisCluster,
+) -> None:
+    nodes = [make_node(grace=30) for _ in range(4)]
+    for i in range(200):
+        nodes[i % 4].connect(f"u{i % 90}", groups=(f"g{i % 40}", "all"))
+    for node in nodes:
+        node.refresh()
+
+    per_primary = keys_per_primary(redis_cluster, key_prefix)
+    total = sum(per_primary.values())
+    assert total == len(keys_of(cluster_client, key_prefix)) > 200
+    # No primary holds everything; each holds a fair share of the slots' keys.
+    assert all(n > total / 6 for n in per_primary.values()), per_primary
+    # The same counts as redis-cli reads them (DBSIZE: the test prefix is alone).
+    assert sum(redis_cluster.sizes().values()) >= total
+    slots = {key_slot(k.encode()) for k in keys_of(cluster_client, key_prefix)}
+    assert len(slots) > 100
+    # Every key is one of the documented layout (one more kind on a cluster:
+    # P/g{g}/c, the user connections counted in a group).
+    layout = {**LAYOUT, "group connections": (r"/g\{[^{}]+\}/c", "set")}
+    kinds = set()
+    for key in keys_of(cluster_client, key_prefix):
+        [kind] = [
+            k
+            for k, (pattern, _) in layout.items()
+            if re.fullmatch(re.escape(key_prefix) + pattern, key)
+        ]
+        assert cluster_client.type(key) == layout[kind][1]
+        kinds.add(kind)
+    assert {
+        "user",
+        "group",
+        "group count",
+        "group connections",
+        "node",
+        "node bucket",
+        "nodes",
+    } <= kinds
+
+
+def test_the_function_library_is_on_every_primary_and_reloaded_when_missing(
+    make_node: Callable[..., Node], redis_cluster: RedisCluster
+) -> None:
+    node = make_node()
+    node.connect("u1", groups=("room",))
+    for port in redis_cluster.ports:
+        with redis.Redis(port=port) as client:
+            [library] = client.function_list()
+            assert LIBRARY.encode() in library
+            # A primary that lost it (a new one, or a replica promoted).
+            client.function_flush()
+    node.connect("u2", groups=("room",))
+    assert node.store.group_size("room") == 2
+
+
+def test_a_hash_tag_prefix_runs_the_one_call_functions_on_one_primary(
+    make_node: Callable[..., Node], redis_cluster: RedisCluster, key_prefix: str
+) -> None:
+    prefix = "{" + key_prefix + "}"
+    node = make_node(prefix=prefix)
+    for i in range(20):
+        node.connect(f"u{i}", groups=(f"g{i}",))
+    assert node.store.group_sizes(("g0", "g19")) == {"g0": 1, "g19": 1}
+    assert sorted(keys_per_primary(redis_cluster, prefix).values())[:2] == [0, 0]
+
+
+# The session limit under a race ---------------------------------------------------------
+
+
+def test_twenty_racing_connects_of_one_user_leave_exactly_one(
+    make_node: Callable[..., Node],
+) -> None:
+    nodes = [make_node() for _ in range(20)]
+    policy = SessionPolicy(max_sessions=1, close_code=4005)
+    start = threading.Barrier(20)
+    made = [node.conn("u1", groups=("room", "lobby")) for node in nodes]
+
+    def connect(i: int) -> ConnectResult:
+        start.wait()
+        return nodes[i].store.connect(made[i], policy)
+
+    with ThreadPoolExecutor(20) as pool:
+        results = list(pool.map(connect, range(20)))
+
+    assert all(r.accepted for r in results)
+    store = nodes[0].store
+    [survivor] = store.user_connections("u1")
+    evicted = [d.connection.conn_id for r in results for d in r.evicted]
+    assert sorted(evicted) == sorted(c.conn_id for c in made if c.conn_id != survivor.conn_id)
+    assert sum(r.came_online for r in results) == 1
+    assert store.group_sizes(("room", "lobby")) == {"room": 1, "lobby": 1}
+    assert store.group_user_count("room") == 1
+    notices: dict[str, tuple[str, int]] = {}
+    for node in nodes:
+        result = node.refresh()
+        notices.update((c, (result.close_reasons[c], result.close_codes[c])) for c in result.closed)
+    assert notices == dict.fromkeys(evicted, ("superseded", 4005))
+
+
+@pytest.mark.parametrize("limit", [1, 3])
+async def test_twenty_racing_connects_with_reject_new_accept_exactly_the_limit(
+    make_node: Callable[..., Node], limit: int
+) -> None:
+    nodes = [make_node() for _ in range(20)]
+    policy = SessionPolicy(max_sessions=limit, on_limit="reject_new")
+
+    results = await asyncio.gather(
+        *(node.store.aconnect(node.conn("u1", groups=("room",)), policy) for node in nodes)
+    )
+
+    assert sum(r.accepted for r in results) == limit
+    assert {r.refused for r in results if not r.accepted} == {"limit"}
+    assert len(await nodes[0].store.auser_connections("u1")) == limit
+    assert await nodes[0].store.agroup_size("room") == limit
+    for node in nodes:
+        await node.store.aclose()
+
+
+def test_max_connections_per_user_holds_under_a_race(make_node: Callable[..., Node]) -> None:
+    nodes = [make_node() for _ in range(20)]
+    policy = SessionPolicy(max_sessions=None, max_connections=4)
+    start = threading.Barrier(20)
+
+    def connect(node: Node) -> ConnectResult:
+        conn = node.conn("u1", groups=("room",))
+        start.wait()
+        return node.store.connect(conn, policy)
+
+    with ThreadPoolExecutor(20) as pool:
+        results = list(pool.map(connect, nodes))
+    assert sum(r.accepted for r in results) == 4
+    assert nodes[0].store.group_size("room") == 4
+
+
+# Settings and errors -----------------------------------------------------------------------
+
+
+def test_a_standalone_store_on_a_cluster_says_to_set_redis_cluster(
+    redis_cluster: RedisCluster, key_prefix: str
+) -> None:
+    store = RedisStore(redis_cluster.url, prefix=key_prefix)
+    with pytest.raises(StoreUnavailable, match="REDIS_CLUSTER'\\] = True"):
+        for i in range(10):  # some user lands on another primary, or a second slot
+            Node(store).connect(f"u{i}", groups=("room", f"g{i}"))
+    store.close()
+
+
+def test_a_cluster_store_on_one_redis_says_it_is_not_a_cluster(
+    redis_url: str, key_prefix: str
+) -> None:
+    store = ClusterRedisStore(redis_url, prefix=key_prefix)
+    with pytest.raises(StoreUnavailable, match="not a Redis Cluster node"):
+        store.group_size("room")
+    store.close()
+
+
+def test_get_store_builds_the_cluster_store_from_the_cache_and_its_seeds(
+    redis_cluster: RedisCluster, key_prefix: str
+) -> None:
+    caches = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.locmem.LocMemCache",
+        },
+        "presence": {
+            "BACKEND": "django_redis.cache.RedisCache",
+            "LOCATION": ",".join(redis_cluster.urls),
+            "OPTIONS": {"SOCKET_TIMEOUT": 3},
+        },
+    }
+    settings = {"CACHE": "presence", "KEY_PREFIX": key_prefix, "REDIS_CLUSTER": True}
+    with override_settings(CACHES=caches, CHANNELS_PRESENCE=settings):
+        store = get_store()
+        assert isinstance(store, ClusterRedisStore)
+        assert store.seeds == tuple(redis_cluster.urls)
+        Node(store).connect("u1", groups=("room",))  # type: ignore[arg-type]
+        assert store.group_size("room") == 1
+
+
+def test_redis_cluster_needs_a_redis_cache_and_database_zero(redis_cluster: RedisCluster) -> None:
+    with (
+        override_settings(
+            CACHES={"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}},
+            CHANNELS_PRESENCE={"REDIS_CLUSTER": True},
+        ),
+        pytest.raises(ImproperlyConfigured, match="needs one of django_redis"),
+    ):
+        get_store()
+    with pytest.raises(ImproperlyConfigured, match="database 0 only"):
+        ClusterRedisStore(redis_cluster.url.replace("/0", "/2"))
+    with (
+        override_settings(CHANNELS_PRESENCE={"REDIS_CLUSTER": "yes"}),
+        pytest.raises(ImproperlyConfigured, match="REDIS_CLUSTER"),
+    ):
+        get_store()
