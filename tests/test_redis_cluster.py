@@ -452,3 +452,39 @@ def test_redis_cluster_needs_a_redis_cache_and_database_zero(redis_cluster: Redi
         pytest.raises(ImproperlyConfigured, match="REDIS_CLUSTER"),
     ):
         get_store()
+
+
+# Round trips -------------------------------------------------------------------------------
+
+
+def _calls(redis_cluster: RedisCluster) -> dict[str, int]:
+    total: dict[str, int] = {}
+    for per_command in redis_cluster.calls().values():
+        for name, n in per_command.items():
+            total[name] = total.get(name, 0) + n
+    return total
+
+
+def test_a_connect_and_a_disconnect_are_one_call_per_slot_with_keys_read_locally(
+    make_node: Callable[..., Node], redis_cluster: RedisCluster
+) -> None:
+    node = make_node()
+    node.connect("other", groups=("room", "lobby"))  # the groups are not empty
+    conn = node.conn("u1", groups=("room", "lobby"))
+
+    def cost(operation: Callable[[], Any]) -> dict[str, int]:
+        before = _calls(redis_cluster)
+        operation()
+        after = _calls(redis_cluster)
+        wanted = ("fcall", "hexists", "hget", "command|getkeys", "cluster|slots")
+        # HEXISTS and HGET also run inside functions: count those sent alone.
+        return {k: after.get(k, 0) - before.get(k, 0) for k in wanted}
+
+    # The node's bucket, the user's record, each group: one call each; then
+    # the record is checked once more (a racing eviction); the client never
+    # asks the server where an FCALL's key lives (COMMAND GETKEYS).
+    connect = cost(lambda: node.store.connect(conn, UNLIMITED))
+    assert (connect["fcall"], connect["command|getkeys"], connect["cluster|slots"]) == (4, 0, 0)
+    disconnect = cost(lambda: node.store.disconnect(conn))
+    assert (disconnect["fcall"], disconnect["command|getkeys"]) == (4, 0)
+    assert node.store.group_sizes(("room", "lobby")) == {"room": 1, "lobby": 1}

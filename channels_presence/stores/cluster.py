@@ -77,6 +77,7 @@ __all__ = ["ClusterRedisStore"]
 REAP_BATCH = 128
 #: Channel prefixes of other nodes remembered (departures name their channels).
 PREFIX_CACHE = 10_000
+_FCALLS = ("FCALL", "FCALL_RO")
 _TAGGED = re.compile(r"[^{]*\{[^}]+\}.*")
 
 
@@ -175,13 +176,45 @@ class ClusterRedisStore(RedisStore):
             for seed in self.seeds
         ]
 
+    @staticmethod
+    def _local_keys(client: Any, asynchronous: bool) -> Any:
+        """``client``, reading the key of an FCALL from the call itself.
+
+        redis-py reads EVAL's keys from its arguments but asks the server
+        (``COMMAND GETKEYS``, a round trip of its own) for FCALL's: that
+        doubled the calls of every step. Our calls name their one key in
+        KEYS[1], so the slot is known locally; other commands are untouched.
+        """
+        parser = client.commands_parser
+        original = parser.get_keys
+        if asynchronous:
+
+            async def aget_keys(*args: Any) -> Any:
+                if str(args[0]).upper() in _FCALLS:
+                    return tuple(args[3 : 3 + int(args[2])])
+                return await original(*args)
+
+            parser.get_keys = aget_keys
+        else:
+
+            def get_keys(connection: Any, *args: Any) -> Any:
+                if str(args[0]).upper() in _FCALLS:
+                    return list(args[3 : 3 + int(args[2])])
+                return original(connection, *args)
+
+            parser.get_keys = get_keys
+        return client
+
     def _sync_client(self) -> Any:
         with self._lock:
             if self._sync is None:
                 try:
-                    self._sync = redis.cluster.RedisCluster(  # type: ignore[assignment]
-                        startup_nodes=self._nodes(redis.cluster.ClusterNode),
-                        **self._cluster_kwargs(),
+                    self._sync = self._local_keys(
+                        redis.cluster.RedisCluster(
+                            startup_nodes=self._nodes(redis.cluster.ClusterNode),
+                            **self._cluster_kwargs(),
+                        ),
+                        asynchronous=False,
                     )
                 except RedisClusterException as exc:
                     raise self._not_a_cluster(exc) from exc
@@ -190,9 +223,12 @@ class ClusterRedisStore(RedisStore):
             return self._sync
 
     def _new_async_client(self) -> Any:
-        return redis.asyncio.cluster.RedisCluster(
-            startup_nodes=self._nodes(redis.asyncio.cluster.ClusterNode),
-            **self._cluster_kwargs(),
+        return self._local_keys(
+            redis.asyncio.cluster.RedisCluster(
+                startup_nodes=self._nodes(redis.asyncio.cluster.ClusterNode),
+                **self._cluster_kwargs(),
+            ),
+            asynchronous=True,
         )
 
     @staticmethod
