@@ -488,3 +488,16 @@ def test_a_connect_and_a_disconnect_are_one_call_per_slot_with_keys_read_locally
     disconnect = cost(lambda: node.store.disconnect(conn))
     assert (disconnect["fcall"], disconnect["command|getkeys"]) == (4, 0)
     assert node.store.group_sizes(("room", "lobby")) == {"room": 1, "lobby": 1}
+
+
+async def test_a_burst_of_first_calls_on_a_fresh_process_all_land(
+    make_node: Callable[..., Node],
+) -> None:
+    # Twenty connects at once on a store that never spoke to the cluster:
+    # the client reads the slots once, and none of them fails meanwhile.
+    node = make_node()
+    made = [node.conn(f"u{i}", groups=("lobby",)) for i in range(20)]
+    results = await asyncio.gather(*(node.store.aconnect(c, ONE) for c in made))
+    assert all(r.accepted for r in results)
+    assert await node.store.agroup_size("lobby") == 20
+    await node.store.aclose()

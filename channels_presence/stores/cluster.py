@@ -23,8 +23,10 @@ client, on one primary.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
+import weakref
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
@@ -37,6 +39,7 @@ from redis.exceptions import RedisClusterException, RedisError, ResponseError
 
 from ..conf import PresenceSettings
 from ..exceptions import StoreUnavailable
+from ..loops import PerLoop
 from .base import (
     Absence,
     Connection,
@@ -123,6 +126,9 @@ class ClusterRedisStore(RedisStore):
         # A prefix that is a hash tag puts every key in one slot: one call will do.
         self.per_slot = not _TAGGED.fullmatch(self.prefix)
         self._other_prefixes: dict[str, str] = {}
+        #: Async clients whose slots map was read (see _ready_client).
+        self._ready: weakref.WeakSet[Any] = weakref.WeakSet()
+        self._starting: PerLoop[asyncio.Lock] = PerLoop(lambda loop: asyncio.Lock())
 
     def _set_seeds(self, seeds: Iterable[str]) -> None:
         self.seeds = (self.url, *(s for s in seeds if s != self.url))
@@ -286,16 +292,32 @@ class ClusterRedisStore(RedisStore):
             raise self._fail(exc) from exc
         return op.parse(raw)
 
+    async def _ready_client(self) -> Any:
+        """This loop's cluster client, its view of the cluster read once.
+
+        Many first calls at once (a burst of connects on a fresh process) must
+        not each open the nodes' connections while the client still learns
+        the slots: the first initializes, the others wait for it.
+        """
+        client = self._async_client()
+        if client in self._ready:
+            return client
+        async with self._starting.get():
+            if client not in self._ready:
+                await client.initialize()
+                self._ready.add(client)
+        return client
+
     async def _arun(self, op: _Op[T]) -> T:
         try:
-            client = self._async_client()
+            client = await self._ready_client()
             try:
-                raw = await client.execute_command(*op.command)  # type: ignore[no-untyped-call]
+                raw = await client.execute_command(*op.command)
             except ResponseError as exc:
                 if not self._missing_function(exc):
                     raise
                 await self._aload(client)
-                raw = await client.execute_command(*op.command)  # type: ignore[no-untyped-call]
+                raw = await client.execute_command(*op.command)
         except (RedisError, RedisClusterException) as exc:
             raise self._fail(exc) from exc
         return op.parse(raw)
@@ -317,7 +339,7 @@ class ClusterRedisStore(RedisStore):
 
     async def _apipelined(self, batch: _Batch) -> list[Any]:
         try:
-            client = self._async_client()
+            client = await self._ready_client()
             replies = await self._asend(client, batch.ops)
             if any(self._missing_function(r) for r in replies):
                 await self._aload(client)
