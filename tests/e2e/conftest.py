@@ -85,6 +85,8 @@ def start_cluster(
 ) -> Iterator[Callable[..., Cluster]]:
     """Start servers: ``start_cluster(presence={...}, names=("a", "b"), kind="uvicorn")``.
 
+    ``presence_url`` puts the presence cache elsewhere (a Redis Cluster node).
+
     ``record_events=True`` makes them record every presence signal (see
     ``harness.recorded_events``).
 
@@ -101,9 +103,10 @@ def start_cluster(
         cache_backend: str = "django_redis",
         presence_enabled: bool = True,
         record_events: bool = False,
+        presence_url: str | None = None,
     ) -> Cluster:
         config = ServerConfig(
-            redis_url=redis_url,
+            redis_url=presence_url or redis_url,
             layer_redis_url=layer_redis_url,
             db_path=e2e_dir / "db.sqlite3",
             log_dir=e2e_dir,
