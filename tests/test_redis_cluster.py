@@ -501,3 +501,32 @@ async def test_a_burst_of_first_calls_on_a_fresh_process_all_land(
     assert all(r.accepted for r in results)
     assert await node.store.agroup_size("lobby") == 20
     await node.store.aclose()
+
+
+def test_a_kick_that_dies_after_counting_out_the_groups_is_finished_by_the_next(
+    make_node: Callable[..., Node], make_store: Callable[..., ClusterRedisStore]
+) -> None:
+    node = make_node()
+    made = [node.connect("u1", groups=("room", f"g{i}")) for i in range(4)]
+    node.connect("u2", groups=("room",))
+    for stop_after in range(1, 4):
+        # A process running disconnect_user that dies after `stop_after` steps.
+        kicker = make_store()
+        steps = kicker._disconnect_user_steps("u1", None, "kicked", None)
+        step: Any = next(steps)
+        for _ in range(stop_after):
+            reply = kicker._pipelined(step) if isinstance(step, _Batch) else kicker._run(step)
+            try:
+                step = steps.send(reply)
+            except StopIteration:
+                break
+        steps.close()
+        # Counted out first: a group never counts a connection no record holds.
+        left = len(node.store.user_connections("u1"))
+        assert node.store.group_size("room") <= left + 1
+    node.store.disconnect_user("u1")
+    assert node.store.user_connections("u1") == ()
+    assert node.store.groups() == {"room": 1}
+    assert node.store.group_user_count("room") == 1
+    closed = node.refresh().closed
+    assert set(closed) <= {c.conn_id for c in made}

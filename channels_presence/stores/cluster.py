@@ -95,14 +95,19 @@ def _split(value: Any) -> list[str]:
     return [g for g in str(value or "").split(",") if g]
 
 
+def _session_of(rec: str) -> str | None:
+    """The session key kept in a record's value (see presence.lua), or None."""
+    tab = rec.find("\t", 8)
+    return rec[tab + 1 :] if tab >= 0 else None
+
+
 def _records(user: str | None, flat: Mapping[str, str]) -> list[list[Any]]:
     """A holder hash as the functions reply records: [cid, user, rec, session, groups, meta]."""
     out = []
     for field, rec in flat.items():
         if "." not in field or "|" in field:
             continue
-        tab = rec.find("\t", 8)
-        session = rec[tab + 1 :] if tab >= 0 else False
+        session = _session_of(rec) or False
         out.append(
             [field, user or False, rec, session, flat.get(f"{field}|g"), flat.get(f"{field}|m")]
         )
@@ -498,23 +503,6 @@ class ClusterRedisStore(RedisStore):
             for node, seqs in by_node.items()
         ]
 
-    def _removal_steps(
-        self, deps: list[list[Any]], why: str = "", code: Any = ""
-    ) -> Steps[tuple[Departure, ...]]:
-        """After c_unrecord or c_kick: groups, buckets (with notices) and the {~} slot."""
-        flags = yield from self._group_steps(
-            ("-", d[0], _opt(d[1] or None), g) for d in deps for g in _split(d[4])
-        )
-        departures = yield from self._finish_departures(deps, flags)
-        glob: list[tuple[str, str, str]] = self._registry(flags, "R-")
-        for d in deps:
-            glob += self._absent(_opt(d[1] or None), d[6], bool(d[7]))
-        ops = self._delist_ops((d[0] for d in deps), why, code)
-        if glob:
-            ops.append(self._global_op(glob))
-        yield _Batch(tuple(ops))
-        return departures
-
     def _recorded_op(self, user: str, cid: str) -> _Op[bool]:
         return _Op(("HEXISTS", self._holder_key(user, cid), cid), parse=bool)
 
@@ -705,22 +693,51 @@ class ClusterRedisStore(RedisStore):
         if not self.per_slot:
             return (yield from super()._disconnect_user_steps(user, session, reason, code))
         found: list[Departure] = []
+        key = self._user_key(user)
         cursor = "0"
         while True:
-            cursor, deps = yield self._fcall(
-                "c_kick",
-                self._user_key(user),
-                user,
-                _opt(session),
-                cursor,
-                USER_BATCH,
-                parse=json.loads,
-            )
-            deps = list(deps or ())
-            if deps:
-                found.extend((yield from self._removal_steps(deps, reason, code)))
+            cursor, flat = yield _Op(("HSCAN", key, cursor, "COUNT", USER_BATCH), parse=tuple)
+            cids = [f for f in flat if "." in f and "|" not in f]
+            if cids:
+                found.extend((yield from self._kick_steps(user, session, cids, reason, code)))
             if str(cursor) == "0":
                 return tuple(sorted(found, key=lambda d: d.connection.connected_at))
+
+    def _kick_steps(
+        self, user: str, session: str | None, cids: list[str], reason: str, code: int | None
+    ) -> Steps[tuple[Departure, ...]]:
+        """Remove some of a user's connections: out of their groups first, then the records.
+
+        As for a disconnect, a caller that dies half-way leaves records that
+        still list their groups, for the reaper (or the next kick) to finish.
+        """
+        key = self._user_key(user)
+        # Read whole: an HSCAN page may hold a record without its groups field.
+        values = yield _Op(("HMGET", key, *(f for c in cids for f in (c, f"{c}|g"))), parse=list)
+        chosen: dict[str, list[str]] = {}
+        for cid, rec, groups in zip(cids, values[0::2], values[1::2], strict=True):
+            if rec and (session is None or _session_of(rec) == session):
+                chosen[cid] = _split(groups)
+        if not chosen:
+            return ()
+        flags = yield from self._group_steps(
+            ("-", cid, user, g) for cid, gs in chosen.items() for g in gs
+        )
+        deps = yield self._fcall("c_unrecord", key, user, *chosen, parse=json.loads)
+        deps = [d for d in deps if d]
+        # Groups joined between the read and the removal.
+        late = [("-", d[0], user, g) for d in deps for g in _split(d[4]) if g not in chosen[d[0]]]
+        if late:
+            flags.update((yield from self._group_steps(late)))
+        departures = yield from self._finish_departures(deps, flags)
+        glob = self._registry(flags, "R-")
+        for d in deps:
+            glob += self._absent(user, d[6], bool(d[7]))
+        ops = self._delist_ops((d[0] for d in deps), reason, code)
+        if glob:
+            ops.append(self._global_op(glob))
+        yield _Batch(tuple(ops))
+        return departures
 
     def _restore_steps(
         self, connections: tuple[Connection, ...], policy: SessionPolicy

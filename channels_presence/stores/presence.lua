@@ -875,6 +875,8 @@ end
 --   join:       c_edit (user) -> c_group;  leave: c_group -> c_edit (user)
 --   reap:       c_reap_take (node, a batch) -> HMGET (users) -> c_group
 --               -> c_unrecord (users) -> c_delist (node) and c_global
+--   disconnect_user: HSCAN + HMGET (user) -> c_group -> c_unrecord -> c_delist
+--   evictions (inside c_admit, atomic with the limit) -> c_group -> c_delist
 -- A node's bucket is written before the record and cleared after it, so the
 -- reaper always finds a record it must remove; c_group counts a connection
 -- in or out only when P/g{g}/c (its user connections there) or P/g{g}/a
@@ -1169,24 +1171,6 @@ local function c_retire(keys, args)
   return 1
 end
 
--- c_kick (user): ARGV[5] user, [6] session ('' all), [7] HSCAN cursor, [8]
--- batch. Unrecords the connections one HSCAN step finds. Returns JSON
--- [next cursor, departures].
-local function c_kick(keys, args)
-  local C = context(args)
-  local u, session = args[5], opt(args[6])
-  local scan = redis.call('HSCAN', k_user(C, u), args[7], 'COUNT', tonumber(args[8]))
-  local by, order = records(scan[2])
-  local deps = {}
-  for _, cid in ipairs(order) do
-    if not session or session_in(by[cid].rec) == session then
-      local dep = unrecord(C, u, cid)
-      if dep then deps[#deps + 1] = dep end
-    end
-  end
-  return encode({scan[1], deps})
-end
-
 local function register(name, fn, read_only)
   local flags = {}
   if read_only then flags = {'no-writes'} end
@@ -1221,4 +1205,3 @@ register('c_tick', c_tick)
 register('c_alive', c_alive, true)
 register('c_reap_take', c_reap_take)
 register('c_retire', c_retire)
-register('c_kick', c_kick)
