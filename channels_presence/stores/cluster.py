@@ -614,10 +614,15 @@ class ClusterRedisStore(RedisStore):
         holder = self._holder_key(user, cid)
         # Out of the groups first, then the record: a caller that dies between
         # the two leaves a record the reaper still finds, with its groups.
-        groups = yield _Op(("HGET", holder, f"{cid}|g"), parse=_split)
-        flags = yield from self._group_steps(("-", cid, user, g) for g in groups)
+        # The caller's copy names the groups (the tracker's is current); one
+        # it missed is counted out after the record goes, a group it names
+        # wrongly is left alone (the connection is not counted there).
+        known = tuple(dict.fromkeys(connection.groups))
+        flags = yield from self._group_steps(("-", cid, user, g) for g in known)
         [dep] = yield self._fcall("c_unrecord", holder, user, cid, parse=json.loads)
         self._writes[node] = self._writes.get(node, 0) + 1
+        if dep and (late := [g for g in _split(dep[4]) if g not in known]):
+            flags.update((yield from self._group_steps(("-", cid, user, g) for g in late)))
         ops = self._delist_ops([cid], own=True)
         if not dep:
             yield _Batch(tuple(ops))

@@ -870,8 +870,8 @@ end
 -- two steps leaves what the reaper or a retry completes:
 --   connect:    c_enlist (node) -> c_admit (user) -> c_group (each group)
 --               -> c_global ({~}: registry, leave grace, node list)
---   disconnect: HMGET (user: its groups) -> c_group (each) -> c_unrecord (user)
---               -> c_delist (node) and c_global
+--   disconnect: c_group (each group the caller knows of) -> c_unrecord (user)
+--               -> c_group (any it did not know of) -> c_delist (node), c_global
 --   join:       c_edit (user) -> c_group;  leave: c_group -> c_edit (user)
 --   reap:       c_reap_take (node, a batch) -> HMGET (users) -> c_group
 --               -> c_unrecord (users) -> c_delist (node) and c_global
