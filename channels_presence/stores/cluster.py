@@ -27,7 +27,7 @@ import asyncio
 import json
 import re
 import weakref
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 from urllib.parse import urlsplit
@@ -131,6 +131,9 @@ class ClusterRedisStore(RedisStore):
         # A prefix that is a hash tag puts every key in one slot: one call will do.
         self.per_slot = not _TAGGED.fullmatch(self.prefix)
         self._other_prefixes: dict[str, str] = {}
+        #: Seqs of each node's own disconnects whose bucket entries are still
+        #: to go: they ride on the node's next call (c_enlist, c_beat, c_retire).
+        self._dropped: dict[str, list[str]] = {}
         #: Async clients whose slots map was read (see _ready_client).
         self._ready: weakref.WeakSet[Any] = weakref.WeakSet()
         self._starting: PerLoop[asyncio.Lock] = PerLoop(lambda loop: asyncio.Lock())
@@ -482,9 +485,7 @@ class ClusterRedisStore(RedisStore):
         prefixes = yield from self._prefix_steps(d[0].partition(".")[0] for d in deps)
         return _departures(deps, prefixes)
 
-    def _delist_ops(
-        self, cids: Iterable[str], why: str = "", code: Any = "", own: bool = False
-    ) -> list[_Op[Any]]:
+    def _delist_ops(self, cids: Iterable[str], why: str = "", code: Any = "") -> list[_Op[Any]]:
         by_node: dict[str, list[str]] = {}
         for cid in cids:
             node, _, seq = cid.partition(".")
@@ -494,7 +495,7 @@ class ClusterRedisStore(RedisStore):
                 "c_delist",
                 self._node_key(node),
                 node,
-                "1" if own else "",
+                "",
                 why,
                 "" if code is None else code,
                 *seqs,
@@ -502,6 +503,33 @@ class ClusterRedisStore(RedisStore):
             )
             for node, seqs in by_node.items()
         ]
+
+    def _drop_later(self, cid: str) -> None:
+        node, _, seq = cid.partition(".")
+        with self._lock:
+            self._dropped.setdefault(node, []).append(seq)
+
+    def _node_op(self, name: str, node: str, *args: Any, parse: Callable[[Any], T]) -> _Op[T]:
+        """A call on ``node``'s slot carrying its own disconnects since its last one.
+
+        They count as the node's writes once the call is answered, on both
+        sides (a call that fails leaves them queued for the next).
+        """
+        with self._lock:
+            dropped = list(self._dropped.get(node, ()))
+
+        def parsed(raw: Any) -> T:
+            if dropped:
+                gone = set(dropped)
+                with self._lock:
+                    queue = self._dropped.get(node, [])
+                    self._dropped[node] = [seq for seq in queue if seq not in gone]
+                    if not self._dropped[node]:
+                        del self._dropped[node]
+                self._writes[node] = self._writes.get(node, 0) + len(dropped)
+            return parse(raw)
+
+        return self._fcall(name, self._node_key(node), *args, *dropped, parse=parsed)
 
     def _recorded_op(self, user: str, cid: str) -> _Op[bool]:
         return _Op(("HEXISTS", self._holder_key(user, cid), cid), parse=bool)
@@ -528,8 +556,8 @@ class ClusterRedisStore(RedisStore):
         fresh = node not in self._live_nodes
         prefix = self._prefix_of(node, connection.channel_name)
         # The bucket first: a node that dies later is reaped with this connection.
-        enlisted = yield self._fcall(
-            "c_enlist", self._node_key(node), cid, user, prefix, "1" if fresh else "", parse=int
+        enlisted = yield self._node_op(
+            "c_enlist", node, cid, user, prefix, "1" if fresh else "", parse=int
         )
         if enlisted != 1:
             return ConnectResult(accepted=False, refused="counted_out")
@@ -609,7 +637,6 @@ class ClusterRedisStore(RedisStore):
         if not self.per_slot:
             return (yield from super()._disconnect_steps(connection))
         cid = self._check_id(connection)
-        node = connection.node
         user = _opt(connection.user)
         holder = self._holder_key(user, cid)
         # Out of the groups first, then the record: a caller that dies between
@@ -620,20 +647,18 @@ class ClusterRedisStore(RedisStore):
         known = tuple(dict.fromkeys(connection.groups))
         flags = yield from self._group_steps(("-", cid, user, g) for g in known)
         [dep] = yield self._fcall("c_unrecord", holder, user, cid, parse=json.loads)
-        self._writes[node] = self._writes.get(node, 0) + 1
-        if dep and (late := [g for g in _split(dep[4]) if g not in known]):
-            flags.update((yield from self._group_steps(("-", cid, user, g) for g in late)))
-        ops = self._delist_ops([cid], own=True)
+        # Its bucket entry goes with the node's next call: one call fewer here.
+        self._drop_later(cid)
         if not dep:
-            yield _Batch(tuple(ops))
             return None
+        if late := [g for g in _split(dep[4]) if g not in known]:
+            flags.update((yield from self._group_steps(("-", cid, user, g) for g in late)))
         [departure] = yield from self._finish_departures([dep], flags)
         glob = self._registry(flags, "R-") + self._absent(
             user, departure.user_left, departure.went_offline
         )
         if glob:
-            ops.append(self._global_op(glob))
-        yield _Batch(tuple(ops))
+            yield self._global_op(glob)
         return departure
 
     def _membership_steps(
@@ -765,7 +790,7 @@ class ClusterRedisStore(RedisStore):
     def _retire_steps(self, node: str) -> Steps[bool]:
         if not self.per_slot:
             return (yield from super()._retire_steps(node))
-        done = yield self._fcall("c_retire", self._node_key(node), node, parse=int)
+        done = yield self._node_op("c_retire", node, node, parse=int)
         if done:
             yield self._global_op([("X", node, "")])
         return bool(done)
@@ -873,9 +898,9 @@ class ClusterRedisStore(RedisStore):
     def _refresh_steps(self, node: str) -> Steps[RefreshResult]:
         if not self.per_slot:
             return (yield from super()._refresh_steps(node))
-        beat = yield self._fcall(
+        beat = yield self._node_op(
             "c_beat",
-            self._node_key(node),
+            node,
             node,
             self._prefix_of(node),
             INBOX_BATCH,

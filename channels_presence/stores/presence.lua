@@ -871,7 +871,8 @@ end
 --   connect:    c_enlist (node) -> c_admit (user) -> c_group (each group)
 --               -> c_global ({~}: registry, leave grace, node list)
 --   disconnect: c_group (each group the caller knows of) -> c_unrecord (user)
---               -> c_group (any it did not know of) -> c_delist (node), c_global
+--               -> c_group (any it did not know of) -> c_global; its bucket
+--               entry goes with the node's next c_enlist, c_beat or c_retire
 --   join:       c_edit (user) -> c_group;  leave: c_group -> c_edit (user)
 --   reap:       c_reap_take (node, a batch) -> HMGET (users) -> c_group
 --               -> c_unrecord (users) -> c_delist (node) and c_global
@@ -904,13 +905,22 @@ local function unrecord(C, u, cid)
     u ~= nil and count <= 0}
 end
 
+-- The node's own disconnects since its last call (ARGV from `from` on):
+-- their bucket entries go, and they count as the node's writes.
+local function drop_own(C, node, args, from)
+  for i = from, #args do redis.call('HDEL', k_bucket(C, node, bucket_of(args[i])), args[i]) end
+  if #args >= from then redis.call('HINCRBY', k_node(C, node), 'w', #args - from + 1) end
+end
+
 -- c_enlist (node): ARGV[5] cid, [6] user ('' anonymous), [7] channel prefix,
--- [8] '1' on the node's first connect. Returns 1, or -1: counted out.
+-- [8] '1' on the node's first connect, [9..] seqs of its own disconnects.
+-- Returns 1, or -1: counted out.
 local function c_enlist(keys, args)
   local C = context(args)
   local node, seq = node_of(args[5])
   local nk = k_node(C, node)
   if redis.call('HEXISTS', nk, 'dead') == 1 then return -1 end
+  drop_own(C, node, args, 9)
   redis.call('HSETNX', nk, 'c', args[7])
   if args[8] == '1' then redis.call('HSET', nk, 'live', 1) end
   redis.call('HINCRBY', nk, 'w', 1)
@@ -1072,7 +1082,8 @@ local function c_global(keys, args)
 end
 
 -- c_beat (node): ARGV[5] node, [6] channel prefix, [7] inbox batch, [8] the
--- node's writes (see beat). Returns JSON [state, closed, more]; state as beat's.
+-- node's writes (see beat), [9..] seqs of its own disconnects. Returns JSON
+-- [state, closed, more]; state as beat's.
 local function c_beat(keys, args)
   local C = context(args)
   local node = args[5]
@@ -1086,6 +1097,7 @@ local function c_beat(keys, args)
     state = 1
     redis.call('HSET', nk, 'w', writes)
   end
+  drop_own(C, node, args, 9)
   local inbox = k_inbox(C, node)
   local batch = tonumber(args[7])
   local closed = redis.call('LRANGE', inbox, 0, batch - 1)
@@ -1158,12 +1170,14 @@ local function c_reap_take(keys, args)
   return encode({{}, true})
 end
 
--- c_retire (node): ARGV[5] node. Forgets a node with no connection left
--- (the caller unlists it). Returns 1, or 0 when it still has some.
+-- c_retire (node): ARGV[5] node, [6..] seqs of its own disconnects. Forgets
+-- a node with no connection left (the caller unlists it). Returns 1, or 0
+-- when it still has some.
 local function c_retire(keys, args)
   local C = context(args)
   local node = args[5]
   local nk = k_node(C, node)
+  drop_own(C, node, args, 6)
   for b = 0, (tonumber(redis.call('HGET', nk, 'b')) or 0) - 1 do
     if redis.call('EXISTS', k_bucket(C, node, b)) == 1 then return 0 end
   end
