@@ -548,3 +548,38 @@ def test_a_disconnects_bucket_entry_goes_with_the_nodes_next_call(
     last = node.connect("u9")
     node.store.disconnect(last)
     assert node.store.retire(node.id) is True
+
+
+@pytest.mark.parametrize("who_ends_it", ["evicted disconnects", "evicted's node dies"])
+def test_an_evicting_connect_that_dies_after_admitting_leaves_nothing_counted_for_long(
+    make_node: Callable[..., Node],
+    cluster_client: redis.cluster.RedisCluster,
+    key_prefix: str,
+    who_ends_it: str,
+) -> None:
+    old_node, other = make_node(ttl=1), make_node(ttl=30)
+    old = old_node.connect("u1", ONE, groups=("room", "lobby"))
+    other.connect("u2", groups=("room",))
+    # A process evicts it, then dies after its c_admit (before the group steps).
+    evictor = make_node(ttl=1)
+    steps = evictor.store._connect_steps(evictor.conn("u1", groups=("room",)), ONE)
+    step: Any = next(steps)
+    for _ in range(3):  # c_enlist, listing the new node, c_admit
+        step = steps.send(evictor.store._run(step))
+    steps.close()
+    store = other.store
+    user_key = f"{key_prefix}/u{{u1}}"
+    assert not cluster_client.hexists(user_key, old.conn_id)  # evicted
+    assert cluster_client.hget(user_key, f"{old.conn_id}|g") == "room,lobby"
+    assert store.group_size("lobby") == 1  # the evicted still counts, for now
+
+    if who_ends_it == "evicted disconnects":
+        assert store.disconnect(old) is None  # its record was gone already
+        assert store.groups() == {"room": 1}
+    time.sleep(1 + SLACK)
+    while other.refresh().more:
+        pass
+    assert store.groups() == {"room": 1}
+    assert (store.group_size("room"), store.group_user_count("room")) == (1, 1)
+    # No list of groups is left behind in the user's hash.
+    assert not cluster_client.exists(user_key)

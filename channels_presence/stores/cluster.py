@@ -561,6 +561,9 @@ class ClusterRedisStore(RedisStore):
         )
         if enlisted != 1:
             return ConnectResult(accepted=False, refused="counted_out")
+        if fresh:
+            # Listed before its first record: a node that dies is always reaped.
+            yield self._global_op([("N", node, "")])
         groups = tuple(dict.fromkeys(connection.groups))
         at = "" if not connection.connected_at else str(round(connection.connected_at * 1000))
         reply = yield self._fcall(
@@ -600,7 +603,7 @@ class ClusterRedisStore(RedisStore):
         departures = list((yield from self._finish_departures(evicted, flags)))
         created = [g for g in groups if flags.get((cid, g), 0) & 4]
         emptied = [g for (c, g), f in flags.items() if f & 4 and not (c == cid and g in groups)]
-        glob: list[tuple[str, str, str]] = [("N", node, "")] if fresh else []
+        glob: list[tuple[str, str, str]] = []
         glob += [("R+", g, "") for g in created] + [("R-", g, "") for g in emptied]
         asks: list[str] = []
         if self.grace > 0 and user:
@@ -611,6 +614,9 @@ class ClusterRedisStore(RedisStore):
         for d in departures:
             glob += self._absent(user, d.user_left, False)
         ops = self._delist_ops((d[0] for d in evicted), "superseded", policy.close_code)
+        if ghosts := [f"{d[0]}|g" for d in evicted if d[4]]:
+            # The evicted are counted out of their groups: their lists can go.
+            ops.append(_Op(("HDEL", self._holder_key(user, cid), *ghosts), parse=int))
         if glob:
             ops.append(self._global_op(glob))
         if groups:

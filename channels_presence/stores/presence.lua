@@ -868,8 +868,9 @@ end
 -- puts every key in one slot). The store runs these instead, each on the
 -- slot of KEYS[1] alone, in this order, so that a caller that dies between
 -- two steps leaves what the reaper or a retry completes:
---   connect:    c_enlist (node) -> c_admit (user) -> c_group (each group)
---               -> c_global ({~}: registry, leave grace, node list)
+--   connect:    c_enlist (node) [-> c_global 'N' on the node's first]
+--               -> c_admit (user) -> c_group (each group)
+--               -> c_global ({~}: registry, leave grace) and HEXISTS (user)
 --   disconnect: c_group (each group the caller knows of) -> c_unrecord (user)
 --               -> c_group (any it did not know of) -> c_global; its bucket
 --               entry goes with the node's next c_enlist, c_beat or c_retire
@@ -877,7 +878,8 @@ end
 --   reap:       c_reap_take (node, a batch) -> HMGET (users) -> c_group
 --               -> c_unrecord (users) -> c_delist (node) and c_global
 --   disconnect_user: HSCAN + HMGET (user) -> c_group -> c_unrecord -> c_delist
---   evictions (inside c_admit, atomic with the limit) -> c_group -> c_delist
+--   evictions (inside c_admit, atomic with the limit; the evicted's groups
+--               stay listed) -> c_group -> c_delist (node) and HDEL of those lists
 -- A node's bucket is written before the record and cleared after it, so the
 -- reaper always finds a record it must remove; c_group counts a connection
 -- in or out only when P/g{g}/c (its user connections there) or P/g{g}/a
@@ -890,7 +892,11 @@ local function k_gcids(C, g) return C.P .. '/g{' .. g .. '}/c' end
 local function unrecord(C, u, cid)
   local hk = holder(C, u, cid)
   local rec = redis.call('HMGET', hk, cid, cid .. '|g', cid .. '|m')
-  if not rec[1] then return nil end
+  if not rec[1] then
+    -- An evicted connection's groups, left by c_admit until they counted it out.
+    if rec[2] then redis.call('HDEL', hk, cid .. '|g') end
+    return nil
+  end
   redis.call('HDEL', hk, cid, cid .. '|g', cid .. '|m')
   local session = session_in(rec[1])
   local count = redis.call('HINCRBY', hk, '#', -1)
@@ -983,7 +989,13 @@ local function c_admit(keys, args)
   local evicted = {}
   for _, old in ipairs(evict) do
     local dep = unrecord(C, u, old)
-    if dep then evicted[#evicted + 1] = dep end
+    if dep then
+      evicted[#evicted + 1] = dep
+      -- Its groups stay listed (no record beside them) until the caller has
+      -- counted it out of them: a caller that dies first leaves them for the
+      -- reaper or the evicted connection's own disconnect.
+      if dep[5] then redis.call('HSET', hk, old .. '|g', dep[5]) end
+    end
   end
   return encode({1, u ~= nil and count == 1, evicted, t, sessions, replaced})
 end
