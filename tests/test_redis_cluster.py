@@ -27,7 +27,7 @@ from redis.crc import key_slot
 from channels_presence.exceptions import StoreUnavailable
 from channels_presence.stores import get_store
 from channels_presence.stores.base import ConnectResult, SessionPolicy
-from channels_presence.stores.cluster import ClusterRedisStore, _Batch
+from channels_presence.stores.cluster import ClusterRedisStore, _Batch, _Enlist
 from channels_presence.stores.redis import LIBRARY, RedisStore
 from tests.redis_cluster import RedisCluster
 from tests.test_redis_store import LAYOUT, ONE, SLACK, UNLIMITED, Node, channels
@@ -69,6 +69,15 @@ def cluster_client(redis_cluster: RedisCluster) -> Iterator[redis.cluster.RedisC
     client = redis.cluster.RedisCluster.from_url(redis_cluster.url, decode_responses=True)
     yield client
     client.close()
+
+
+def run_step(store: ClusterRedisStore, step: Any) -> Any:
+    """Run one step of an operation, as the sync driver would (to stop half-way)."""
+    if isinstance(step, _Batch):
+        return store._pipelined(step)
+    if isinstance(step, _Enlist):
+        return store._run(store._enlist_op([step]))
+    return store._run(step)
 
 
 def keys_of(client: redis.cluster.RedisCluster, prefix: str) -> list[str]:
@@ -204,7 +213,7 @@ def test_a_reaper_that_dies_between_steps_leaves_work_the_next_one_completes(
         steps = crashing._sweep_steps()
         step: Any = next(steps)
         for _ in range(stop_after):
-            reply = crashing._pipelined(step) if isinstance(step, _Batch) else crashing._run(step)
+            reply = run_step(crashing, step)
             try:
                 step = steps.send(reply)
             except StopIteration:
@@ -515,7 +524,7 @@ def test_a_kick_that_dies_after_counting_out_the_groups_is_finished_by_the_next(
         steps = kicker._disconnect_user_steps("u1", None, "kicked", None)
         step: Any = next(steps)
         for _ in range(stop_after):
-            reply = kicker._pipelined(step) if isinstance(step, _Batch) else kicker._run(step)
+            reply = run_step(kicker, step)
             try:
                 step = steps.send(reply)
             except StopIteration:
@@ -565,7 +574,7 @@ def test_an_evicting_connect_that_dies_after_admitting_leaves_nothing_counted_fo
     steps = evictor.store._connect_steps(evictor.conn("u1", groups=("room",)), ONE)
     step: Any = next(steps)
     for _ in range(3):  # c_enlist, listing the new node, c_admit
-        step = steps.send(evictor.store._run(step))
+        step = steps.send(run_step(evictor.store, step))
     steps.close()
     store = other.store
     user_key = f"{key_prefix}/u{{u1}}"
@@ -583,3 +592,23 @@ def test_an_evicting_connect_that_dies_after_admitting_leaves_nothing_counted_fo
     assert (store.group_size("room"), store.group_user_count("room")) == (1, 1)
     # No list of groups is left behind in the user's hash.
     assert not cluster_client.exists(user_key)
+
+
+async def test_concurrent_connects_of_one_node_share_its_bucket_writes(
+    make_node: Callable[..., Node], redis_cluster: RedisCluster
+) -> None:
+    node = make_node()
+    await node.store.aconnect(node.conn("warm"), UNLIMITED)
+    made = [node.conn(f"u{i}", groups=("room",)) for i in range(30)]
+    before = _calls(redis_cluster)["fcall"]
+    results = await asyncio.gather(*(node.store.aconnect(c, UNLIMITED) for c in made))
+    fcalls = _calls(redis_cluster)["fcall"] - before
+    assert all(r.accepted for r in results)
+    # 30 records and 30 count-ins, but far fewer than 30 calls on the node's slot.
+    assert 60 < fcalls <= 60 + 10, fcalls
+    assert await node.store.agroup_size("room") == 30
+    for c in made:
+        await node.store.adisconnect(c)
+    assert (await node.arefresh()).lost is False
+    assert await node.store.aretire(node.id) is False  # "warm" is still there
+    await node.store.aclose()

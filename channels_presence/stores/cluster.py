@@ -85,6 +85,28 @@ _TAGGED = re.compile(r"[^{]*\{[^}]+\}.*")
 
 
 @dataclass(frozen=True)
+class _Enlist:
+    """A connection to put in its node's bucket: the step that comes first.
+
+    On an event loop, the enlists of one node are sent one call at a time:
+    those that arrive while one is under way go together in the next (a busy
+    process writes its node's slot once per round trip, not once a connect).
+    """
+
+    node: str
+    cid: str
+    user: str
+    prefix: str
+    fresh: bool
+
+
+@dataclass
+class _EnlistQueue:
+    waiting: list[tuple[_Enlist, asyncio.Future[int]]]
+    busy: bool = False
+
+
+@dataclass(frozen=True)
 class _Batch:
     """Commands for several slots, sent pipelined: one round trip per node."""
 
@@ -137,6 +159,8 @@ class ClusterRedisStore(RedisStore):
         #: Async clients whose slots map was read (see _ready_client).
         self._ready: weakref.WeakSet[Any] = weakref.WeakSet()
         self._starting: PerLoop[asyncio.Lock] = PerLoop(lambda loop: asyncio.Lock())
+        self._enlists: PerLoop[dict[str, _EnlistQueue]] = PerLoop(lambda loop: {})
+        self._senders: set[asyncio.Future[None]] = set()
 
     def _set_seeds(self, seeds: Iterable[str]) -> None:
         self.seeds = (self.url, *(s for s in seeds if s != self.url))
@@ -379,12 +403,56 @@ class ClusterRedisStore(RedisStore):
                 raise self._fail(reply) from reply
         return [op.parse(reply) for op, reply in zip(batch.ops, replies, strict=True)]
 
+    def _enlist_op(self, items: Sequence[_Enlist]) -> _Op[int]:
+        first = items[0]
+        return self._node_op(
+            "c_enlist",
+            first.node,
+            first.prefix,
+            "1" if any(i.fresh for i in items) else "",
+            len(items),
+            *(x for i in items for x in (i.cid, i.user)),
+            parse=int,
+        )
+
+    async def _aenlist(self, item: _Enlist) -> int:
+        """Enlist through the loop's queue for the node (see _Enlist)."""
+        queues = self._enlists.get()
+        queue = queues.setdefault(item.node, _EnlistQueue([]))
+        done: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        queue.waiting.append((item, done))
+        if not queue.busy:
+            queue.busy = True
+            task = asyncio.ensure_future(self._send_enlists(queue))
+            self._senders.add(task)
+            task.add_done_callback(self._senders.discard)
+        return await done
+
+    async def _send_enlists(self, queue: _EnlistQueue) -> None:
+        try:
+            while queue.waiting:
+                batch, queue.waiting = queue.waiting, []
+                try:
+                    result = await self._arun(self._enlist_op([item for item, _ in batch]))
+                except Exception as exc:  # every waiter gets the store's error
+                    for _, done in batch:
+                        if not done.done():
+                            done.set_exception(exc)
+                else:
+                    for _, done in batch:
+                        if not done.done():
+                            done.set_result(result)
+        finally:
+            queue.busy = False
+
     def _drive(self, steps: Steps[T]) -> T:
         try:
             step: Any = next(steps)
             while True:
                 if isinstance(step, _Batch):
                     step = steps.send(self._pipelined(step) if step.ops else [])
+                elif isinstance(step, _Enlist):
+                    step = steps.send(self._run(self._enlist_op([step])))
                 else:
                     step = steps.send(self._run(step))
         except StopIteration as done:
@@ -397,6 +465,8 @@ class ClusterRedisStore(RedisStore):
             while True:
                 if isinstance(step, _Batch):
                     step = steps.send(await self._apipelined(step) if step.ops else [])
+                elif isinstance(step, _Enlist):
+                    step = steps.send(await self._aenlist(step))
                 else:
                     step = steps.send(await self._arun(step))
         except StopIteration as done:
@@ -556,9 +626,7 @@ class ClusterRedisStore(RedisStore):
         fresh = node not in self._live_nodes
         prefix = self._prefix_of(node, connection.channel_name)
         # The bucket first: a node that dies later is reaped with this connection.
-        enlisted = yield self._node_op(
-            "c_enlist", node, cid, user, prefix, "1" if fresh else "", parse=int
-        )
+        enlisted = yield _Enlist(node, cid, user, prefix, fresh)
         if enlisted != 1:
             return ConnectResult(accepted=False, refused="counted_out")
         if fresh:

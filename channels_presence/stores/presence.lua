@@ -918,21 +918,27 @@ local function drop_own(C, node, args, from)
   if #args >= from then redis.call('HINCRBY', k_node(C, node), 'w', #args - from + 1) end
 end
 
--- c_enlist (node): ARGV[5] cid, [6] user ('' anonymous), [7] channel prefix,
--- [8] '1' on the node's first connect, [9..] seqs of its own disconnects.
--- Returns 1, or -1: counted out.
+-- c_enlist (node): ARGV[5] the node's channel prefix, [6] '1' on its first
+-- connect, [7] how many connections n, then n pairs cid, user ('' anonymous)
+-- (all of the node), then seqs of its own disconnects. Puts them in the
+-- node's buckets. Returns 1, or -1: counted out.
 local function c_enlist(keys, args)
   local C = context(args)
-  local node, seq = node_of(args[5])
+  local n = tonumber(args[7])
+  local node = (node_of(args[8]))
   local nk = k_node(C, node)
   if redis.call('HEXISTS', nk, 'dead') == 1 then return -1 end
-  drop_own(C, node, args, 9)
-  redis.call('HSETNX', nk, 'c', args[7])
-  if args[8] == '1' then redis.call('HSET', nk, 'live', 1) end
-  redis.call('HINCRBY', nk, 'w', 1)
-  local b = bucket_of(seq)
-  redis.call('HSET', k_bucket(C, node, b), seq, args[6])
-  if b >= (tonumber(redis.call('HGET', nk, 'b')) or 0) then redis.call('HSET', nk, 'b', b + 1) end
+  drop_own(C, node, args, 8 + 2 * n)
+  redis.call('HSETNX', nk, 'c', args[5])
+  if args[6] == '1' then redis.call('HSET', nk, 'live', 1) end
+  redis.call('HINCRBY', nk, 'w', n)
+  local top = tonumber(redis.call('HGET', nk, 'b')) or 0
+  for i = 8, 7 + 2 * n, 2 do
+    local _, seq = node_of(args[i])
+    local b = bucket_of(seq)
+    redis.call('HSET', k_bucket(C, node, b), seq, args[i + 1])
+    if b >= top then top = b + 1; redis.call('HSET', nk, 'b', top) end
+  end
   return 1
 end
 
