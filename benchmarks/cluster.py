@@ -61,15 +61,17 @@ def _b36(n: int) -> str:
             return out
 
 
-def make_store(kind: str, url: str, prefix: str) -> RedisStore:
+def make_store(kind: str, url: str, prefix: str, grace: float = 0.0) -> RedisStore:
     if kind == "cluster":
-        return ClusterRedisStore(url, prefix=prefix, grace=0)
-    return RedisStore(url, prefix=prefix, grace=0)
+        return ClusterRedisStore(url, prefix=prefix, grace=grace)
+    return RedisStore(url, prefix=prefix, grace=grace)
 
 
-async def churn(kind: str, url: str, prefix: str, seconds: float, concurrency: int) -> int:
+async def churn(
+    kind: str, url: str, prefix: str, seconds: float, concurrency: int, grace: float = 0.0
+) -> int:
     """Connect and disconnect for ``seconds``; returns how many pairs were done."""
-    store = make_store(kind, url, prefix)
+    store = make_store(kind, url, prefix, grace)
     node = uuid.uuid4().hex[:8]
     seq = itertools.count(1)
     done = 0
@@ -100,7 +102,7 @@ async def churn(kind: str, url: str, prefix: str, seconds: float, concurrency: i
     return done
 
 
-def _process(args: tuple[str, str, str, float, int]) -> int:
+def _process(args: tuple[str, str, str, float, int, float]) -> int:
     return asyncio.run(churn(*args))
 
 
@@ -121,17 +123,42 @@ def populate(kind: str, url: str, prefix: str) -> None:
     store.close()
 
 
-def run(kind: str, url: str, processes: int, seconds: float, concurrency: int) -> float:
-    """Pairs per second over all processes, on top of a standing population."""
+def run(
+    kind: str,
+    url: str,
+    ports: list[int],
+    processes: int,
+    seconds: float,
+    concurrency: int,
+    grace: float = 0.0,
+) -> tuple[float, int, dict[int, float], dict[int, dict[str, int]]]:
+    """Pairs per second over all processes, on top of a standing population.
+
+    Also the pairs done, and the Redis CPU seconds each server used and the
+    calls it served meanwhile.
+    """
     prefix = f"b{uuid.uuid4().hex[:6]}"
     populate(kind, url, prefix)
     ctx = multiprocessing.get_context("spawn")
     with ctx.Pool(processes) as pool:
+        # The workers' imports are done before the CPU is read.
+        pool.map(int, range(processes))
+        before = {p: cpu(p) for p in ports}
+        calls_before = {p: calls(p) for p in ports}
         started = time.monotonic()
-        counts = pool.map(_process, [(kind, url, prefix, seconds, concurrency)] * processes)
+        job = (kind, url, prefix, seconds, concurrency, grace)
+        counts = pool.map(_process, [job] * processes)
         elapsed = time.monotonic() - started
-    # Startup of the pool is outside the measured window of each process.
-    return sum(counts) / min(elapsed, seconds + 0.5)
+        used = {p: cpu(p) - before[p] for p in ports}
+        served = {
+            p: {
+                k: v - calls_before[p].get(k, 0)
+                for k, v in calls(p).items()
+                if k not in ("info", "cluster|slots", "cluster|nodes", "command|docs", "command")
+            }
+            for p in ports
+        }
+    return sum(counts) / min(elapsed, seconds + 0.5), sum(counts), used, served
 
 
 def calls(port: int) -> dict[str, int]:
@@ -171,6 +198,13 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--processes", type=int, default=4)
     parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument(
+        "--grace",
+        type=float,
+        default=0.0,
+        help="LEAVE_GRACE: with it, a user's first and "
+        "last connections also write the pending departures in the {~} slot",
+    )
     options = parser.parse_args()
     found = cluster_binaries()
     if isinstance(found, str):
@@ -180,22 +214,14 @@ def main() -> None:
     try:
         with harness.redis_server() as single_url:
             single_port = int(single_url.rsplit(":", 1)[1].split("/")[0])
-            load = (options.processes, options.seconds, options.concurrency)
-            single_cpu = cpu(single_port)
-            single = run("single", single_url, *load)
-            single_cpu = cpu(single_port) - single_cpu
-            before = {p: calls(p) for p in cluster.ports}
-            cpu_before = {p: cpu(p) for p in cluster.ports}
-            clustered = run("cluster", cluster.url, *load)
-            served = {
-                p: {
-                    k: v - before[p].get(k, 0)
-                    for k, v in calls(p).items()
-                    if k not in ("info", "cluster|slots", "cluster|nodes", "command|docs")
-                }
-                for p in cluster.ports
-            }
-            used = {p: cpu(p) - cpu_before[p] for p in cluster.ports}
+            load = (options.processes, options.seconds, options.concurrency, options.grace)
+            single, single_pairs, single_used, single_served = run(
+                "single", single_url, [single_port], *load
+            )
+            single_cpu = single_used[single_port]
+            clustered, cluster_pairs, used, served = run(
+                "cluster", cluster.url, cluster.ports, *load
+            )
             keys = standing_keys(cluster)
             info = harness.machine_info(single_url)
     finally:
@@ -204,7 +230,8 @@ def main() -> None:
     ratio = clustered / single
     harness.print_table(
         f"Connect + disconnect pairs per second, {options.processes} processes x "
-        f"{options.concurrency} coroutines, {options.seconds:g} s each "
+        f"{options.concurrency} coroutines, {options.seconds:g} s each, LEAVE_GRACE "
+        f"{options.grace:g} "
         f"({info['cores']} cores shared by every server and client)",
         ["store", "pairs/s", "ratio", "Redis CPU s"],
         [
@@ -233,10 +260,29 @@ def main() -> None:
     harness.print_table(
         f"Per primary: keys under {STANDING:,} standing connections; calls served and CPU "
         "during the cluster run",
-        ["primary", "keys", "share", "FCALLs", "share", "all calls", "CPU s"],
+        ["primary", "keys", "share", "FCALLs", "share", "commands run", "CPU s"],
         rows,
     )
     busiest = max(used.values()) / max(sum(used.values()), 1e-9)
+    # What each would do with Redis the bottleneck and every server on a core
+    # of its own: pairs per CPU second of the busiest server.
+    single_capacity = single_pairs / max(single_cpu, 1e-9)
+    cluster_capacity = cluster_pairs / max(max(used.values()), 1e-9)
+    harness.print_table(
+        "Redis-bound capacity: pairs per CPU second of the busiest Redis (each server on "
+        "a core of its own)",
+        ["store", "pairs", "busiest Redis CPU s", "pairs per CPU s", "ratio"],
+        [
+            ["RedisStore, 1 redis-server", single_pairs, single_cpu, single_capacity, 1.0],
+            [
+                "ClusterRedisStore, 3 primaries",
+                cluster_pairs,
+                max(used.values()),
+                cluster_capacity,
+                cluster_capacity / single_capacity,
+            ],
+        ],
+    )
     print(
         f"\nThe busiest primary did {busiest:.0%} of the cluster's Redis CPU work "
         f"(1/3 would be a perfect spread); 3 primaries ran at {ratio:.2f}x one Redis "
@@ -254,9 +300,15 @@ def main() -> None:
             ],
             "calls_per_primary": [sum(served[p].values()) for p in cluster.ports],
             "cpu_per_primary": [round(used[p], 2) for p in cluster.ports],
-            "fcalls_per_pair": round(total_fcalls / max(clustered * options.seconds, 1), 2),
+            "fcalls_per_pair": round(total_fcalls / max(cluster_pairs, 1), 2),
+            "single_fcalls_per_pair": round(
+                single_served[single_port].get("fcall", 0) / max(single_pairs, 1), 2
+            ),
+            "calls_per_pair": round(total_calls / max(cluster_pairs, 1), 2),
             "all_calls": total_calls,
             "busiest_cpu_share": round(busiest, 2),
+            "capacity_ratio": round(cluster_capacity / single_capacity, 2),
+            "grace": options.grace,
             "cores": info["cores"],
             **{k: v for k, v in info.items() if k != "cores"},
         },

@@ -30,6 +30,7 @@ from channels_presence.stores.base import ConnectResult, SessionPolicy
 from channels_presence.stores.cluster import ClusterRedisStore, _Batch, _Enlist
 from channels_presence.stores.redis import LIBRARY, RedisStore
 from tests.redis_cluster import RedisCluster
+from tests.redis_server import free_port
 from tests.test_redis_store import LAYOUT, ONE, SLACK, UNLIMITED, Node, channels
 
 pytestmark = pytest.mark.redis
@@ -612,3 +613,16 @@ async def test_concurrent_connects_of_one_node_share_its_bucket_writes(
     assert (await node.arefresh()).lost is False
     assert await node.store.aretire(node.id) is False  # "warm" is still there
     await node.store.aclose()
+
+
+async def test_an_unreachable_cluster_raises_store_unavailable_naming_it(key_prefix: str) -> None:
+    port = free_port()
+    store = ClusterRedisStore(f"redis://user:s3cret@127.0.0.1:{port}/0", prefix=key_prefix)
+    with pytest.raises(StoreUnavailable) as sync_error:
+        store.group_size("room")
+    with pytest.raises(StoreUnavailable) as async_error:
+        await store.agroup_size("room")
+    for error in (sync_error, async_error):
+        assert f"127.0.0.1:{port}" in str(error.value)
+        assert "s3cret" not in str(error.value)
+    await store.aclose()
