@@ -287,7 +287,12 @@ def test_keys_spread_over_every_primary_and_each_call_stays_in_one_slot(
     assert len(slots) > 100
     # Every key is one of the documented layout (one more kind on a cluster:
     # P/g{g}/c, the user connections counted in a group).
-    layout = {**LAYOUT, "group connections": (r"/g\{[^{}]+\}/c", "set")}
+    layout = {
+        **LAYOUT,
+        "group connections": (r"/g\{[^{}]+\}/c", "set"),
+        "pending shard": (r"/\{~p[0-9a-f]\}pending", "zset"),
+    }
+    nodes[0].store.disconnect_user("u1")  # a pending departure, in a shard
     kinds = set()
     for key in keys_of(cluster_client, key_prefix):
         [kind] = [
@@ -297,15 +302,9 @@ def test_keys_spread_over_every_primary_and_each_call_stays_in_one_slot(
         ]
         assert cluster_client.type(key) == layout[kind][1]
         kinds.add(kind)
-    assert {
-        "user",
-        "group",
-        "group count",
-        "group connections",
-        "node",
-        "node bucket",
-        "nodes",
-    } <= kinds
+    expected = {"user", "group", "group count", "group connections", "node", "node bucket"}
+    assert expected | {"nodes", "groups", "pending shard"} <= kinds
+    assert "pending" not in kinds  # the one-Redis key is not used on a cluster
 
 
 def test_the_function_library_is_on_every_primary_and_reloaded_when_missing(
@@ -626,3 +625,23 @@ async def test_an_unreachable_cluster_raises_store_unavailable_naming_it(key_pre
         assert f"127.0.0.1:{port}" in str(error.value)
         assert "s3cret" not in str(error.value)
     await store.aclose()
+
+
+def test_departures_a_dead_process_left_pending_are_claimed_by_another_heartbeat(
+    make_node: Callable[..., Node],
+) -> None:
+    gone, live = make_node(grace=1), make_node(grace=1)
+    for i in range(20):  # users over many of the pending shards
+        gone.store.disconnect(gone.connect(f"u{i}", groups=("room",)))
+    time.sleep(1 + SLACK)
+    # The process that saw them never claims them (it died); another's heartbeat does.
+    settled = []
+    while True:
+        result = live.refresh()
+        settled.extend(result.settled)
+        if not result.more:
+            break
+    assert sorted((a.user, a.group or "") for a in settled) == sorted(
+        (f"u{i}", g) for i in range(20) for g in ("", "room")
+    )
+    assert gone.store.settle() == ()

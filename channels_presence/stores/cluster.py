@@ -27,6 +27,7 @@ import asyncio
 import json
 import re
 import weakref
+import zlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
@@ -78,6 +79,9 @@ __all__ = ["ClusterRedisStore"]
 
 #: Connections one reaper step takes from a dead node (one bucket at most).
 REAP_BATCH = 128
+#: Shards of the pending departures (P/{~p<k>}pending): a user's go to one,
+#: so the leave grace of a busy site spreads over the primaries.
+PENDING_SHARDS = 16
 #: Channel prefixes of other nodes remembered (departures name their channels).
 PREFIX_CACHE = 10_000
 _FCALLS = ("FCALL", "FCALL_RO")
@@ -156,6 +160,8 @@ class ClusterRedisStore(RedisStore):
         #: Seqs of each node's own disconnects whose bucket entries are still
         #: to go: they ride on the node's next call (c_enlist, c_beat, c_retire).
         self._dropped: dict[str, list[str]] = {}
+        #: Pending-departure shards this process wrote to since it last claimed.
+        self._marked: set[str] = set()
         #: Async clients whose slots map was read (see _ready_client).
         self._ready: weakref.WeakSet[Any] = weakref.WeakSet()
         self._starting: PerLoop[asyncio.Lock] = PerLoop(lambda loop: asyncio.Lock())
@@ -514,6 +520,41 @@ class ClusterRedisStore(RedisStore):
             "c_global", self._global_key(), *(x for t in triples for x in t), parse=list
         )
 
+    def _all_pending_keys(self) -> list[str]:
+        return [f"{self.prefix}/{{~p{k:x}}}pending" for k in range(PENDING_SHARDS)]
+
+    def _pending_key(self, user: str) -> str:
+        """The shard of pending departures a user's go to (P/{~p<k>}pending)."""
+        return f"{self.prefix}/{{~p{zlib.crc32(user.encode()) % PENDING_SHARDS:x}}}pending"
+
+    def _shared_ops(
+        self, triples: Sequence[tuple[str, str, str]]
+    ) -> tuple[list[_Op[list[int]]], list[tuple[int, int]]]:
+        """Calls for the registry and node list ({~}) and the leave grace (shards).
+
+        Returns the calls and, for each triple, where its answer is (call, index).
+        """
+        registry = [i for i, t in enumerate(triples) if t[0] not in ("A", "B")]
+        shards: dict[str, list[int]] = {}
+        for i, t in enumerate(triples):
+            if t[0] in ("A", "B"):
+                shards.setdefault(self._pending_key(t[1]), []).append(i)
+        ops: list[_Op[list[int]]] = []
+        where: list[tuple[int, int]] = [(0, 0)] * len(triples)
+        if registry:
+            ops.append(self._global_op([triples[i] for i in registry]))
+            for n, i in enumerate(registry):
+                where[i] = (len(ops) - 1, n)
+        for key, members in shards.items():
+            if any(triples[i][0] == "A" for i in members):
+                with self._lock:
+                    self._marked.add(key)
+            flat = (x for i in members for x in triples[i])
+            ops.append(self._fcall("c_grace", key, *flat, parse=list))
+            for n, i in enumerate(members):
+                where[i] = (len(ops) - 1, n)
+        return ops, where
+
     def _registry(
         self, flags: Mapping[tuple[str, str], int], op: str
     ) -> list[tuple[str, str, str]]:
@@ -681,19 +722,23 @@ class ClusterRedisStore(RedisStore):
         glob += [("B", user, g) for g in asks]
         for d in departures:
             glob += self._absent(user, d.user_left, False)
-        ops = self._delist_ops((d[0] for d in evicted), "superseded", policy.close_code)
+        ops: list[_Op[Any]] = []
+        if groups:
+            ops.append(self._recorded_op(user, cid))
+        ops += self._delist_ops((d[0] for d in evicted), "superseded", policy.close_code)
         if ghosts := [f"{d[0]}|g" for d in evicted if d[4]]:
             # The evicted are counted out of their groups: their lists can go.
             ops.append(_Op(("HDEL", self._holder_key(user, cid), *ghosts), parse=int))
-        if glob:
-            ops.append(self._global_op(glob))
-        if groups:
-            ops.append(self._recorded_op(user, cid))
-        replies = yield _Batch(tuple(ops))
-        if groups and not replies[-1]:
+        shared, where = self._shared_ops(glob)
+        offset = len(ops)
+        replies = yield _Batch((*ops, *shared))
+        if groups and not replies[0]:
             yield from self._undo_steps(cid, user, groups)
-        answers = replies[len(ops) - 1 - bool(groups)][start : start + len(asks)] if asks else []
-        back = {g for g, a in zip(asks, answers, strict=True) if int(a)}
+        back = {
+            g
+            for n, g in enumerate(asks)
+            if int(replies[offset + where[start + n][0]][where[start + n][1]])
+        }
         for session in sessions or ():
             more = yield from self._disconnect_user_steps(
                 user, str(session), "superseded", policy.close_code
@@ -732,7 +777,7 @@ class ClusterRedisStore(RedisStore):
             user, departure.user_left, departure.went_offline
         )
         if glob:
-            yield self._global_op(glob)
+            yield _Batch(tuple(self._shared_ops(glob)[0]))
         return departure
 
     def _membership_steps(
@@ -765,18 +810,18 @@ class ClusterRedisStore(RedisStore):
                 firsts = [g for g in _strings(added) if flags.get((cid, g), 0) & 2]
                 glob = self._registry(flags, "R+")
                 asks = firsts if self.grace > 0 and user else []
+                start = len(glob)
                 glob += [("B", user, g) for g in asks]
-                back: set[str] = set()
-                ops: list[_Op[Any]] = [self._recorded_op(user, cid)]
-                if glob:
-                    ops.append(self._global_op(glob))
-                replies = yield _Batch(tuple(ops))
+                shared, where = self._shared_ops(glob)
+                replies = yield _Batch((self._recorded_op(user, cid), *shared))
                 if not replies[0]:
                     yield from self._undo_steps(cid, user, _strings(added))
                     return tuple(changed)
-                if glob:
-                    answers = replies[1][len(glob) - len(asks) :]
-                    back = {g for g, a in zip(asks, answers, strict=True) if int(a)}
+                back = {
+                    g
+                    for n, g in enumerate(asks)
+                    if int(replies[1 + where[start + n][0]][where[start + n][1]])
+                }
                 changed += [g for g in firsts if g not in back]
             else:
                 # The groups first: a record never lists a group that lost count of it.
@@ -787,7 +832,7 @@ class ClusterRedisStore(RedisStore):
                 left = [g for g in part if flags.get((cid, g), 0) & 2]
                 glob = self._registry(flags, "R-") + self._absent(user, left, False)
                 if glob:
-                    yield self._global_op(glob)
+                    yield _Batch(tuple(self._shared_ops(glob)[0]))
                 changed += left
         return tuple(changed)
 
@@ -838,9 +883,7 @@ class ClusterRedisStore(RedisStore):
         for d in deps:
             glob += self._absent(user, d[6], bool(d[7]))
         ops = self._delist_ops((d[0] for d in deps), reason, code)
-        if glob:
-            ops.append(self._global_op(glob))
-        yield _Batch(tuple(ops))
+        yield _Batch((*ops, *self._shared_ops(glob)[0]))
         return departures
 
     def _restore_steps(
@@ -928,9 +971,7 @@ class ClusterRedisStore(RedisStore):
                 for d in deps:
                     glob += self._absent(_opt(d[1] or None), d[6], bool(d[7]))
             ops = self._delist_ops(cid for cid, _ in pairs)
-            if glob:
-                ops.append(self._global_op(glob))
-            yield _Batch(tuple(ops))
+            yield _Batch((*ops, *self._shared_ops(glob)[0]))
             work += len(pairs) + sum(len(gs) for gs in groups)
         return out, work, False
 
@@ -940,7 +981,7 @@ class ClusterRedisStore(RedisStore):
         work = 0
         while work < budget:
             if dead is None:
-                _, dead, _, _ = yield self._tick_op("", 0)
+                _, dead = yield self._tick_op("")
                 if not dead:
                     return found, False
             deps, done_work, _ = yield from self._empty_node_steps(str(dead), budget - work, True)
@@ -949,8 +990,19 @@ class ClusterRedisStore(RedisStore):
             dead = None
         return found, True
 
-    def _tick_op(self, node: str, settle: int) -> _Op[Any]:
-        return self._fcall("c_tick", self._global_key(), node, settle, parse=json.loads)
+    def _tick_op(self, node: str) -> _Op[Any]:
+        return self._fcall("c_tick", self._global_key(), node, parse=json.loads)
+
+    def _claim_steps(self, keys: Iterable[str], batch: int) -> Steps[tuple[list[str], set[str]]]:
+        """Claim due departures from pending shards; returns them and the shards with more."""
+        keys = sorted(set(keys))
+        if not keys:
+            return [], set()
+        replies = yield _Batch(
+            tuple(self._fcall("c_claim", key, batch, parse=json.loads) for key in keys)
+        )
+        items = [str(i) for due, _ in replies for i in due or ()]
+        return items, {key for key, (_, more) in zip(keys, replies, strict=True) if more}
 
     def _claimed_steps(self, items: Sequence[str]) -> Steps[tuple[Absence, ...]]:
         """Departures claimed after the grace: those whose user is still away."""
@@ -985,8 +1037,13 @@ class ClusterRedisStore(RedisStore):
             return RefreshResult(counted_out=True)
         state, closed, more_inbox = beat
         # Only once the node's own hash says it was not counted out.
-        next_check, dead, due, more_due = yield self._tick_op(node, SETTLE_BATCH)
-        settled = yield from self._claimed_steps(due or ())
+        next_check, dead = yield self._tick_op(node)
+        # Every shard: departures of processes that died before claiming theirs.
+        due, fuller = yield from self._claim_steps(
+            self._all_pending_keys(), -(-SETTLE_BATCH // PENDING_SHARDS)
+        )
+        more_due = bool(fuller)
+        settled = yield from self._claimed_steps(due)
         expired: list[Departure] = []
         reaping = False
         if dead:
@@ -1030,8 +1087,14 @@ class ClusterRedisStore(RedisStore):
     def _settle_steps(self) -> Steps[tuple[Absence, ...]]:
         if not self.per_slot:
             return (yield from super()._settle_steps())
-        _, _, due, _ = yield self._tick_op("", SETTLE_BATCH)
-        return (yield from self._claimed_steps(due or ()))
+        # The shards this process wrote departures to since it last claimed.
+        with self._lock:
+            marked, self._marked = self._marked, set()
+        due, fuller = yield from self._claim_steps(marked, SETTLE_BATCH)
+        if fuller:
+            with self._lock:
+                self._marked |= fuller
+        return (yield from self._claimed_steps(due))
 
     # Reads --------------------------------------------------------------------------------
 

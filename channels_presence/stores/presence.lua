@@ -44,6 +44,8 @@
 --   P/{~}nodes         zset  node -> deadline (server clock): liveness
 --   P/{~}pending       zset  departures waiting out the leave grace -> due:
 --                            "u\t<user>", "g\t<group>\t<user>"
+--   P/{~p<k>}pending   zset  the same on a Redis Cluster, in 16 shards (k: 0-f,
+--                            by the user), so that no primary takes them all
 --   P/{~}groups        zset  non-empty groups (score 0, in name order)
 --
 -- A node is one event loop of one server process. A connection id (cid) is
@@ -142,7 +144,9 @@ local function k_bucket(C, n, b) return C.P .. '/n{' .. n .. '}/' .. b end
 local function k_anon(C, n) return C.P .. '/n{' .. n .. '}/a' end
 local function k_inbox(C, n) return C.P .. '/n{' .. n .. '}/x' end
 local function k_nodes(C) return C.P .. '/{~}nodes' end
-local function k_pending(C) return C.P .. '/{~}pending' end
+-- On a cluster, pending departures are spread over shards (the caller names
+-- the shard's key, P/{~p<k>}pending, as KEYS[1] of c_grace and c_claim).
+local function k_pending(C) return C.PENDING or (C.P .. '/{~}pending') end
 local function k_registry(C) return C.P .. '/{~}groups' end
 
 local function node_of(cid)
@@ -1072,9 +1076,8 @@ local function c_group(keys, args)
 end
 
 -- c_global ({~}): ARGV[5..] triples op, a, b: 'N' node (list it, if not
--- yet), 'X' node (unlist it), 'B' user group ('' the user): back within the
--- grace (1) or not (0), 'A' user group: absent from now, 'R+'/'R-' group:
--- in or out of the registry. Returns one integer a triple.
+-- yet), 'X' node (unlist it), 'R+'/'R-' group: in or out of the registry.
+-- Returns one integer a triple.
 local function c_global(keys, args)
   local C = context(args)
   local out = {}
@@ -1085,10 +1088,6 @@ local function c_global(keys, args)
       r = redis.call('ZADD', k_nodes(C), 'NX', C.NOW + C.TTL, a)
     elseif op == 'X' then
       r = redis.call('ZREM', k_nodes(C), a)
-    elseif op == 'B' then
-      r = back_in_time(C, a, b) and 1 or 0
-    elseif op == 'A' then
-      mark_absent(C, a, b)
     elseif op == 'R+' then
       r = redis.call('ZADD', k_registry(C), 0, a)
     elseif op == 'R-' then
@@ -1097,6 +1096,36 @@ local function c_global(keys, args)
     out[#out + 1] = r
   end
   return out
+end
+
+-- c_grace (a pending shard, KEYS[1]): ARGV[5..] triples op, user, group
+-- ('' the user): 'B' back within the grace (1) or not (0), 'A' absent from
+-- now. Returns one integer a triple.
+local function c_grace(keys, args)
+  local C = context(args)
+  C.PENDING = keys[1]
+  local out = {}
+  for i = 5, #args, 3 do
+    local u, g = args[i + 1], opt(args[i + 2])
+    if args[i] == 'B' then
+      out[#out + 1] = back_in_time(C, u, g) and 1 or 0
+    else
+      mark_absent(C, u, g)
+      out[#out + 1] = 0
+    end
+  end
+  return out
+end
+
+-- c_claim (a pending shard, KEYS[1]): ARGV[5] batch. Claims the shard's due
+-- departures. Returns JSON [items, more].
+local function c_claim(keys, args)
+  local C = context(args)
+  local limit = tonumber(args[5])
+  local due = redis.call('ZRANGEBYSCORE', keys[1], '-inf', string.format('%.6f', C.NOW),
+    'LIMIT', 0, limit)
+  if #due > 0 then redis.call('ZREM', keys[1], unpack(due)) end
+  return encode({due, #due >= limit})
 end
 
 -- c_beat (node): ARGV[5] node, [6] channel prefix, [7] inbox batch, [8] the
@@ -1123,9 +1152,9 @@ local function c_beat(keys, args)
   return encode({state, closed, #closed >= batch})
 end
 
--- c_tick ({~}): ARGV[5] node ('' none: only look), [6] settle batch.
--- Keeps the node listed; claims due departures. Returns JSON [seconds until
--- another node's deadline (-1 none), a dead node or false, claimed items, more].
+-- c_tick ({~}): ARGV[5] node ('' none: only look). Keeps the node listed.
+-- Returns JSON [seconds until another node's deadline (-1 none), a dead node
+-- or false].
 local function c_tick(keys, args)
   local C = context(args)
   local node = args[5]
@@ -1140,14 +1169,7 @@ local function c_tick(keys, args)
   end
   local dead = redis.call('ZRANGEBYSCORE', k_nodes(C), '-inf', '(' .. string.format('%.6f', C.NOW),
     'LIMIT', 0, 1)
-  local limit = tonumber(args[6])
-  local due = {}
-  if limit > 0 then
-    due = redis.call('ZRANGEBYSCORE', k_pending(C), '-inf', string.format('%.6f', C.NOW),
-      'LIMIT', 0, limit)
-    if #due > 0 then redis.call('ZREM', k_pending(C), unpack(due)) end
-  end
-  return encode({next_check, dead[1] or false, due, limit > 0 and #due >= limit})
+  return encode({next_check, dead[1] or false})
 end
 
 -- c_alive ({~}, read-only): ARGV[5..] nodes. Returns 1 or 0 for each: beating.
@@ -1235,5 +1257,7 @@ register('c_global', c_global)
 register('c_beat', c_beat)
 register('c_tick', c_tick)
 register('c_alive', c_alive, true)
+register('c_grace', c_grace)
+register('c_claim', c_claim)
 register('c_reap_take', c_reap_take)
 register('c_retire', c_retire)
