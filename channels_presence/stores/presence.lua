@@ -872,18 +872,22 @@ end
 -- puts every key in one slot). The store runs these instead, each on the
 -- slot of KEYS[1] alone, in this order, so that a caller that dies between
 -- two steps leaves what the reaper or a retry completes:
---   connect:    c_enlist (node) [-> c_global 'N' on the node's first]
---               -> c_admit (user) -> c_group (each group)
---               -> c_global ({~}: registry, leave grace) and HEXISTS (user)
+--   connect:    c_enlist (node; concurrent connects of one node share a
+--               call) [-> c_global 'N' on the node's first] -> c_admit (user)
+--               -> c_group (each group) -> HEXISTS (user: still recorded?),
+--               c_global ({~}: registry) and c_grace (the user's pending shard)
 --   disconnect: c_group (each group the caller knows of) -> c_unrecord (user)
---               -> c_group (any it did not know of) -> c_global; its bucket
---               entry goes with the node's next c_enlist, c_beat or c_retire
---   join:       c_edit (user) -> c_group;  leave: c_group -> c_edit (user)
+--               -> c_group (any it did not know of) -> c_global, c_grace; its
+--               bucket entry goes with the node's next c_enlist, c_beat or
+--               c_retire
+--   join:       c_edit (user) -> c_group -> HEXISTS;  leave: c_group -> c_edit
 --   reap:       c_reap_take (node, a batch) -> HMGET (users) -> c_group
---               -> c_unrecord (users) -> c_delist (node) and c_global
+--               -> c_unrecord (users) -> c_delist (node), c_global, c_grace
 --   disconnect_user: HSCAN + HMGET (user) -> c_group -> c_unrecord -> c_delist
 --   evictions (inside c_admit, atomic with the limit; the evicted's groups
 --               stay listed) -> c_group -> c_delist (node) and HDEL of those lists
+--   heartbeat:  c_beat (node) -> c_tick ({~}) -> c_claim (every pending
+--               shard) -> EXISTS/HEXISTS (still away?) -> a reap if one is due
 -- A node's bucket is written before the record and cleared after it, so the
 -- reaper always finds a record it must remove; c_group counts a connection
 -- in or out only when P/g{g}/c (its user connections there) or P/g{g}/a
