@@ -291,6 +291,7 @@ def test_keys_spread_over_every_primary_and_each_call_stays_in_one_slot(
         **LAYOUT,
         "group connections": (r"/g\{[^{}]+\}/c", "set"),
         "pending shard": (r"/\{~p[0-9a-f]\}pending", "zset"),
+        "registry times": (r"/\{~\}groupsv", "hash"),
     }
     nodes[0].store.disconnect_user("u1")  # a pending departure, in a shard
     kinds = set()
@@ -303,7 +304,7 @@ def test_keys_spread_over_every_primary_and_each_call_stays_in_one_slot(
         assert cluster_client.type(key) == layout[kind][1]
         kinds.add(kind)
     expected = {"user", "group", "group count", "group connections", "node", "node bucket"}
-    assert expected | {"nodes", "groups", "pending shard"} <= kinds
+    assert expected | {"nodes", "groups", "registry times", "pending shard"} <= kinds
     assert "pending" not in kinds  # the one-Redis key is not used on a cluster
 
 
@@ -645,3 +646,24 @@ def test_departures_a_dead_process_left_pending_are_claimed_by_another_heartbeat
         (f"u{i}", g) for i in range(20) for g in ("", "room")
     )
     assert gone.store.settle() == ()
+
+
+def test_registry_changes_that_cross_on_the_way_apply_in_the_order_their_groups_saw_them(
+    make_node: Callable[..., Node],
+) -> None:
+    node = make_node()
+    store = node.store
+    # Two processes' steps: one saw "room" empty at t=1, another saw it fill
+    # at t=2; the "filled" reaches the {~} slot first.
+    first, later = store._shared_ops([("R+", "room", "2.0")])[0], None
+    store._pipelined(_Batch(tuple(first)))
+    later = store._shared_ops([("R-", "room", "1.0")])[0]
+    store._pipelined(_Batch(tuple(later)))
+    assert store.group_count() == 1  # still listed: the older "emptied" lost
+    store._pipelined(_Batch(tuple(store._shared_ops([("R-", "room", "3.0")])[0])))
+    assert store.group_count() == 0
+    # And the real thing, through the steps: counts and registry agree.
+    c = node.connect("u1", groups=("room",))
+    assert store.groups() == {"room": 1}
+    store.disconnect(c)
+    assert (store.groups(), store.group_count()) == ({}, 0)

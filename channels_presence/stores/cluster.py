@@ -88,6 +88,19 @@ _FCALLS = ("FCALL", "FCALL_RO")
 _TAGGED = re.compile(r"[^{]*\{[^}]+\}.*")
 
 
+class _Flags(dict[tuple[str, str], int]):
+    """c_group's flags by (cid, group), and the time each group's slot answered."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.versions: dict[str, str] = {}
+
+    def update(self, other: Any = (), /, **kwargs: Any) -> None:
+        super().update(other, **kwargs)
+        if isinstance(other, _Flags):
+            self.versions.update(other.versions)
+
+
 @dataclass(frozen=True)
 class _Enlist:
     """A connection to put in its node's bucket: the step that comes first.
@@ -484,9 +497,7 @@ class ClusterRedisStore(RedisStore):
     def _global_key(self) -> str:
         return f"{self.prefix}/{{~}}nodes"
 
-    def _group_steps(
-        self, changes: Iterable[tuple[str, str, str, str]]
-    ) -> Steps[dict[tuple[str, str], int]]:
+    def _group_steps(self, changes: Iterable[tuple[str, str, str, str]]) -> Steps[_Flags]:
         """Count (op, cid, user, group) changes into or out of their groups.
 
         One call a group, all pipelined; returns (cid, group) -> c_group's flags.
@@ -495,7 +506,7 @@ class ClusterRedisStore(RedisStore):
         for op, cid, user, group in changes:
             by_group.setdefault(group, []).append((op, cid, user))
         if not by_group:
-            return {}
+            return _Flags()
         names = list(by_group)
         replies = yield _Batch(
             tuple(
@@ -509,9 +520,10 @@ class ClusterRedisStore(RedisStore):
                 for g in names
             )
         )
-        flags: dict[tuple[str, str], int] = {}
+        flags = _Flags()
         for g, reply in zip(names, replies, strict=True):
-            for (_, cid, _), flag in zip(by_group[g], reply, strict=True):
+            *answers, flags.versions[g] = reply
+            for (_, cid, _), flag in zip(by_group[g], answers, strict=True):
                 flags[(cid, g)] = flags.get((cid, g), 0) | int(flag)
         return flags
 
@@ -555,11 +567,14 @@ class ClusterRedisStore(RedisStore):
                 where[i] = (len(ops) - 1, n)
         return ops, where
 
-    def _registry(
-        self, flags: Mapping[tuple[str, str], int], op: str
-    ) -> list[tuple[str, str, str]]:
-        """Registry changes for groups that became non-empty ('R+') or empty ('R-')."""
-        return [(op, g, "") for (_, g), f in flags.items() if f & 4]
+    def _registry(self, flags: _Flags, op: str) -> list[tuple[str, str, str]]:
+        """Registry changes for groups that became non-empty ('R+') or empty ('R-').
+
+        Each carries the time its group's slot saw the change: the registry
+        applies a change only if it is newer than the last it applied, so two
+        processes' changes that cross on the way cannot leave a group out.
+        """
+        return [(op, g, str(flags.versions.get(g, ""))) for (_, g), f in flags.items() if f & 4]
 
     def _absent(
         self, user: str, groups: Iterable[str], offline: bool
@@ -713,7 +728,8 @@ class ClusterRedisStore(RedisStore):
         created = [g for g in groups if flags.get((cid, g), 0) & 4]
         emptied = [g for (c, g), f in flags.items() if f & 4 and not (c == cid and g in groups)]
         glob: list[tuple[str, str, str]] = []
-        glob += [("R+", g, "") for g in created] + [("R-", g, "") for g in emptied]
+        glob += [("R+", g, str(flags.versions[g])) for g in created]
+        glob += [("R-", g, str(flags.versions[g])) for g in emptied]
         asks: list[str] = []
         if self.grace > 0 and user:
             # Back within the leave grace: no "online" or "joined" to announce.

@@ -47,6 +47,8 @@
 --   P/{~p<k>}pending   zset  the same on a Redis Cluster, in 16 shards (k: 0-f,
 --                            by the user), so that no primary takes them all
 --   P/{~}groups        zset  non-empty groups (score 0, in name order)
+--   P/{~}groupsv       hash  on a Redis Cluster only: group -> when its slot
+--                            last saw it fill (while it is listed)
 --
 -- A node is one event loop of one server process. A connection id (cid) is
 -- "<node>.<seq>", seq in base 36, given by the node. A channel is stored as
@@ -1076,11 +1078,14 @@ local function c_group(keys, args)
     end
     out[#out + 1] = flags
   end
+  -- When this slot saw it all: orders registry changes (see c_global).
+  out[#out + 1] = string.format('%.6f', C.NOW)
   return out
 end
 
 -- c_global ({~}): ARGV[5..] triples op, a, b: 'N' node (list it, if not
--- yet), 'X' node (unlist it), 'R+'/'R-' group: in or out of the registry.
+-- yet), 'X' node (unlist it), 'R+'/'R-' group, when its slot saw it fill or
+-- empty: in or out of the registry.
 -- Returns one integer a triple.
 local function c_global(keys, args)
   local C = context(args)
@@ -1092,10 +1097,21 @@ local function c_global(keys, args)
       r = redis.call('ZADD', k_nodes(C), 'NX', C.NOW + C.TTL, a)
     elseif op == 'X' then
       r = redis.call('ZREM', k_nodes(C), a)
-    elseif op == 'R+' then
-      r = redis.call('ZADD', k_registry(C), 0, a)
-    elseif op == 'R-' then
-      r = redis.call('ZREM', k_registry(C), a)
+    elseif op == 'R+' or op == 'R-' then
+      -- Applied only if newer than the last change applied to the group: a
+      -- process's "emptied" that arrives after another's later "filled"
+      -- must not drop the group. A group's time is kept while it is listed.
+      local kv = k_registry(C) .. 'v'
+      local seen = tonumber(redis.call('HGET', kv, a))
+      if not seen or not tonumber(b) or tonumber(b) > seen then
+        if op == 'R+' then
+          r = redis.call('ZADD', k_registry(C), 0, a)
+          redis.call('HSET', kv, a, b)
+        else
+          r = redis.call('ZREM', k_registry(C), a)
+          redis.call('HDEL', kv, a)
+        end
+      end
     end
     out[#out + 1] = r
   end
