@@ -57,6 +57,9 @@ class PresenceSettings:
     LISTENERS_MAX_AGE: float = 0.0
     METRICS_GROUPS: tuple[str, ...] = ()
     METRICS_INTERVAL: float = 15.0
+    #: The presence cache is a Redis Cluster: use redis-py's cluster client
+    #: and run every operation as per-slot steps (see the README).
+    REDIS_CLUSTER: bool = False
 
 
 _KNOWN_KEYS = tuple(PresenceSettings.__dataclass_fields__)
@@ -189,6 +192,12 @@ def build_settings(raw: Any) -> PresenceSettings:
     values["METRICS_INTERVAL"] = _number(
         "METRICS_INTERVAL", raw.get("METRICS_INTERVAL", defaults.METRICS_INTERVAL), minimum=1
     )
+    cluster = raw.get("REDIS_CLUSTER", defaults.REDIS_CLUSTER)
+    if not isinstance(cluster, bool):
+        raise _bad(
+            "REDIS_CLUSTER", cluster, "True when the presence cache is a Redis Cluster, else False"
+        )
+    values["REDIS_CLUSTER"] = cluster
     return PresenceSettings(**values)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import subprocess
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -18,6 +19,7 @@ from channels_presence import listeners
 from channels_presence.logs import store_failures
 from channels_presence.stores import reset_store
 from channels_presence.stores.local import clear_process_memory
+from tests.redis_cluster import RedisCluster, cluster_binaries
 from tests.redis_sentinel import SentinelSetup, find_redis_sentinel
 from tests.redis_server import RedisServer, find_redis_server, free_port
 
@@ -53,6 +55,22 @@ def redis_server() -> Iterator[RedisServer | None]:
         _no_redis(f"redis-server could not be started: {exc}")
     yield server
     server.close()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[RedisCluster]:
+    """A real Redis Cluster of three primaries (redis-cli --cluster create), for the session."""
+    found = cluster_binaries()
+    if isinstance(found, str):
+        _no_redis(found)
+    cluster = RedisCluster(*found)  # type: ignore[misc]
+    try:
+        cluster.start()
+    except (OSError, TimeoutError, subprocess.SubprocessError) as exc:
+        cluster.close()
+        _no_redis(f"a Redis Cluster could not be started: {exc}")
+    yield cluster
+    cluster.close()
 
 
 @pytest.fixture(scope="session")

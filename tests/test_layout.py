@@ -26,6 +26,7 @@ ORDER = [
     "stores.local",
     "stores.sentinel",
     "stores.redis",
+    "stores.cluster",
     "stores",
     "checks",
     "closing",
@@ -51,6 +52,7 @@ ALLOWED_LATE = {
     ("apps", "conf"),
     ("apps", "receivers"),
     ("stores", "stores.redis"),
+    ("stores", "stores.cluster"),
     ("", "api"),
 }
 

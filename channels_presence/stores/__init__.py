@@ -83,9 +83,19 @@ def _build() -> PresenceStore:
     if is_redis_backend(backend):
         # Read first: a half-done Sentinel set-up fails here, naming what is missing.
         sentinel = sentinel_settings(config)
+        if conf.REDIS_CLUSTER:
+            from .cluster import ClusterRedisStore
+
+            return ClusterRedisStore.from_cache_config(config, conf, sentinel)
         from .redis import RedisStore
 
         return RedisStore.from_cache_config(config, conf, sentinel)
+    if conf.REDIS_CLUSTER:
+        raise ImproperlyConfigured(
+            f"CHANNELS_PRESENCE['REDIS_CLUSTER'] is True, but the cache {conf.CACHE!r} has "
+            f"BACKEND {backend!r}; a Redis Cluster needs one of {', '.join(REDIS_BACKENDS)} "
+            "(presence reads its LOCATION and OPTIONS; Django never opens it as a cache)."
+        )
     return LocalStore(conf.CACHE, prefix=conf.KEY_PREFIX, ttl=conf.TTL, grace=conf.LEAVE_GRACE)
 
 

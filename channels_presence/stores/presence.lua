@@ -26,6 +26,9 @@
 --   P/g{<group>}       hash  user -> that user's connections in the group
 --   P/g{<group>}/n     string: connections in the group
 --   P/g{<group>}/a     set   anonymous connections in the group (their cids)
+--   P/g{<group>}/c     set   on a Redis Cluster only: the user connections
+--                            counted in the group (their cids), so that a
+--                            step replayed after a retry or a crash counts once
 --   P/u{<user>}/f      hash  logout fences: <session> -> 1, * -> when (ms); expires
 --   P/n{<node>}        hash  c: channel prefix, b: buckets in use, w: the node's
 --                            own writes (a snapshot restore shows fewer), live: set by
@@ -41,7 +44,11 @@
 --   P/{~}nodes         zset  node -> deadline (server clock): liveness
 --   P/{~}pending       zset  departures waiting out the leave grace -> due:
 --                            "u\t<user>", "g\t<group>\t<user>"
+--   P/{~p<k>}pending   zset  the same on a Redis Cluster, in 16 shards (k: 0-f,
+--                            by the user), so that no primary takes them all
 --   P/{~}groups        zset  non-empty groups (score 0, in name order)
+--   P/{~}groupsv       hash  on a Redis Cluster only: group -> when its slot
+--                            last saw it fill (while it is listed)
 --
 -- A node is one event loop of one server process. A connection id (cid) is
 -- "<node>.<seq>", seq in base 36, given by the node. A channel is stored as
@@ -64,6 +71,20 @@
 -- loss"): a disconnect whose record is gone while its bucket entry is not
 -- counts it out of the groups its node names, and each beat audits a slice
 -- of its node's live connections, which `repair` puts back whole.
+--
+-- On a Redis Cluster (the c_* functions at the end, one slot a call) the
+-- same invariants hold once an operation's steps are all done. What stays
+-- atomic: everything about one user (the session limit and the per-user
+-- connection limit are decided and written in one call on the user's slot,
+-- so racing connects from any number of nodes cannot pass them), one
+-- group's counts, one node's buckets. What is eventually consistent, for the
+-- milliseconds between the steps of one operation: a new connection is in
+-- its user's record before its groups count it (and out of its groups'
+-- counts before its record goes); the group registry P/{~}groups and the
+-- pending departures P/{~}pending follow the group steps. groups() reads the
+-- counts themselves, so it never lists an empty group. Memory: one more set
+-- member per (user connection, group) in P/g{g}/c. The audit of partial
+-- loss (`repair`) runs on one Redis only; a cluster beat audits nothing.
 
 local BUCKET = 128
 -- Seconds the marker of a counted-out node lives: a process that wakes from
@@ -131,7 +152,9 @@ local function k_bucket(C, n, b) return C.P .. '/n{' .. n .. '}/' .. b end
 local function k_anon(C, n) return C.P .. '/n{' .. n .. '}/a' end
 local function k_inbox(C, n) return C.P .. '/n{' .. n .. '}/x' end
 local function k_nodes(C) return C.P .. '/{~}nodes' end
-local function k_pending(C) return C.P .. '/{~}pending' end
+-- On a cluster, pending departures are spread over shards (the caller names
+-- the shard's key, P/{~p<k>}pending, as KEYS[1] of c_grace and c_claim).
+local function k_pending(C) return C.PENDING or (C.P .. '/{~}pending') end
 local function k_registry(C) return C.P .. '/{~}groups' end
 
 local function node_of(cid)
@@ -1030,6 +1053,384 @@ local function groups_page(keys, args)
   return encode(out)
 end
 
+-- Redis Cluster: one slot a call ----------------------------------------------------
+--
+-- On a cluster (REDIS_CLUSTER) the functions above, which write several
+-- slots at once, are not used (unless the prefix is itself a hash tag, which
+-- puts every key in one slot). The store runs these instead, each on the
+-- slot of KEYS[1] alone, in this order, so that a caller that dies between
+-- two steps leaves what the reaper or a retry completes:
+--   connect:    c_enlist (node; concurrent connects of one node share a
+--               call) [-> c_global 'N' on the node's first] -> c_admit (user)
+--               -> c_group (each group) -> HEXISTS (user: still recorded?),
+--               c_global ({~}: registry) and c_grace (the user's pending shard)
+--   disconnect: c_group (each group the caller knows of) -> c_unrecord (user)
+--               -> c_group (any it did not know of) -> c_global, c_grace; its
+--               bucket entry goes with the node's next c_enlist, c_beat or
+--               c_retire
+--   join:       c_edit (user) -> c_group -> HEXISTS;  leave: c_group -> c_edit
+--   reap:       c_reap_take (node, a batch) -> HMGET (users) -> c_group
+--               -> c_unrecord (users) -> c_delist (node), c_global, c_grace
+--   disconnect_user: HSCAN + HMGET (user) -> c_group -> c_unrecord -> c_delist
+--   evictions (inside c_admit, atomic with the limit; the evicted's groups
+--               stay listed) -> c_group -> c_delist (node) and HDEL of those lists
+--   heartbeat:  c_beat (node) -> c_tick ({~}) -> c_claim (every pending
+--               shard) -> EXISTS/HEXISTS (still away?) -> a reap if one is due
+-- A node's bucket is written before the record and cleared after it, so the
+-- reaper always finds a record it must remove; c_group counts a connection
+-- in or out only when P/g{g}/c (its user connections there) or P/g{g}/a
+-- really changes, so a replayed step never counts twice.
+
+local function k_gcids(C, g) return C.P .. '/g{' .. g .. '}/c' end
+
+-- The user-slot half of remove(): the record, the count, the sessions.
+-- Returns a departure (groups in [5], left {} for the caller), or nil.
+local function unrecord(C, u, cid)
+  local hk = holder(C, u, cid)
+  local rec = redis.call('HMGET', hk, cid, cid .. '|g', cid .. '|m')
+  if not rec[1] then
+    -- An evicted connection's groups, left by c_admit until they counted it out.
+    if rec[2] then redis.call('HDEL', hk, cid .. '|g') end
+    return nil
+  end
+  redis.call('HDEL', hk, cid, cid .. '|g', cid .. '|m')
+  local session = session_in(rec[1])
+  local count = redis.call('HINCRBY', hk, '#', -1)
+  if u then
+    local sk = 's|' .. session_id(cid, session)
+    if redis.call('HEXISTS', hk, sk) == 1 and redis.call('HINCRBY', hk, sk, -1) <= 0 then
+      drop_session(hk, session_id(cid, session))
+    end
+  end
+  if count <= 0 then redis.call('DEL', hk) end
+  return {cid, u or false, rec[1], session or false, rec[2] or false, rec[3] or false, {},
+    u ~= nil and count <= 0}
+end
+
+-- The node's own disconnects since its last call (ARGV from `from` on):
+-- their bucket entries go, and they count as the node's writes.
+local function drop_own(C, node, args, from)
+  for i = from, #args do redis.call('HDEL', k_bucket(C, node, bucket_of(args[i])), args[i]) end
+  if #args >= from then redis.call('HINCRBY', k_node(C, node), 'w', #args - from + 1) end
+end
+
+-- c_enlist (node): ARGV[5] the node's channel prefix, [6] '1' on its first
+-- connect, [7] how many connections n, then n pairs cid, user ('' anonymous)
+-- (all of the node), then seqs of its own disconnects. Puts them in the
+-- node's buckets. Returns 1, or -1: counted out.
+local function c_enlist(keys, args)
+  local C = context(args)
+  local n = tonumber(args[7])
+  local node = (node_of(args[8]))
+  local nk = k_node(C, node)
+  if redis.call('HEXISTS', nk, 'dead') == 1 then return -1 end
+  drop_own(C, node, args, 8 + 2 * n)
+  redis.call('HSETNX', nk, 'c', args[5])
+  if args[6] == '1' then redis.call('HSET', nk, 'live', 1) end
+  redis.call('HINCRBY', nk, 'w', n)
+  local top = tonumber(redis.call('HGET', nk, 'b')) or 0
+  for i = 8, 7 + 2 * n, 2 do
+    local _, seq = node_of(args[i])
+    local b = bucket_of(seq)
+    redis.call('HSET', k_bucket(C, node, b), seq, args[i + 1])
+    if b >= top then top = b + 1; redis.call('HSET', nk, 'b', top) end
+  end
+  return 1
+end
+
+-- c_delist (node): ARGV[5] node, [6] '1' when the node's own write (counts
+-- toward w), [7] why ('' none), [8] close code, [9..] seqs. Drops the seqs
+-- from the buckets; with a why, tells the node's heartbeat to close them.
+local function c_delist(keys, args)
+  local C = context(args)
+  local node = args[5]
+  if args[6] == '1' then redis.call('HINCRBY', k_node(C, node), 'w', 1) end
+  for i = 9, #args do
+    local seq = args[i]
+    redis.call('HDEL', k_bucket(C, node, bucket_of(seq)), seq)
+    if args[7] ~= '' then redis.call('RPUSH', k_inbox(C, node), seq .. '\t' .. args[7] .. '\t' .. args[8]) end
+  end
+  if args[7] ~= '' and #args >= 9 then redis.call('EXPIRE', k_inbox(C, node), C.KEEP) end
+  return 1
+end
+
+-- c_admit (user, or the node's anonymous hash): ARGV as connect's [5..17]
+-- without the prefix ([14] is the channel part), [18] when the socket opened.
+-- Applies the session policy and writes the record: the limit is as atomic
+-- as on one Redis. Returns JSON [status, first of the user, evicted
+-- departures, connected_at ms, sessions to evict, groups of a record this
+-- cid replaced].
+local function c_admit(keys, args)
+  local C = context(args)
+  local cid, u, s = args[5], opt(args[6]), opt(args[7])
+  local max, scope = tonumber(args[10]), args[11]
+  local t = tonumber(args[13]) or math.floor(C.NOW * 1000 + 0.5)
+  local evict, sessions, replaced = {}, {}, {}
+  if u then
+    if fenced(C, u, s, tonumber(args[18])) then return encode({-3}) end
+    local hk = k_user(C, u)
+    local old = redis.call('HEXISTS', hk, cid) == 1 and unrecord(C, u, cid)
+    if old then replaced = split(old[5] or '', ',') end
+    local status
+    status, evict, sessions = admit(C, hk, cid, s, max, scope, args[12], tonumber(args[16]))
+    if status ~= 1 then return encode({status}) end
+  end
+  local hk = holder(C, u, cid)
+  local fields = {cid, s and (b36(t) .. args[14] .. '\t' .. s) or (b36(t) .. args[14])}
+  if args[8] ~= '' then fields[#fields + 1] = cid .. '|g'; fields[#fields + 1] = args[8] end
+  if opt(args[9]) then fields[#fields + 1] = cid .. '|m'; fields[#fields + 1] = args[9] end
+  redis.call('HSET', hk, unpack(fields))
+  local count = redis.call('HINCRBY', hk, '#', 1)
+  if u and max and scope == 'session' then
+    local sid = session_id(cid, s)
+    if redis.call('HINCRBY', hk, 's|' .. sid, 1) == 1 then
+      local order = redis.call('HGET', hk, 'S')
+      redis.call('HSET', hk, 'S', order and (order .. ' ' .. sid) or sid)
+    end
+  end
+  local evicted = {}
+  for _, old in ipairs(evict) do
+    local dep = unrecord(C, u, old)
+    if dep then
+      evicted[#evicted + 1] = dep
+      -- Its groups stay listed (no record beside them) until the caller has
+      -- counted it out of them: a caller that dies first leaves them for the
+      -- reaper or the evicted connection's own disconnect.
+      if dep[5] then redis.call('HSET', hk, old .. '|g', dep[5]) end
+    end
+  end
+  return encode({1, u ~= nil and count == 1, evicted, t, sessions, replaced})
+end
+
+-- c_unrecord (user, or a node's anonymous hash): ARGV[5] user, [6..] cids.
+-- Returns JSON list of departures (false for a cid not recorded).
+local function c_unrecord(keys, args)
+  local C = context(args)
+  local u = opt(args[5])
+  local out = {}
+  for i = 6, #args do out[#out + 1] = unrecord(C, u, args[i]) or false end
+  return encode(out)
+end
+
+-- c_edit (user): ARGV[5] cid, [6] user, [7] '+' or '-', [8] groups. Adds
+-- groups to (or drops them from) the record's list. Returns JSON list of the
+-- groups really added or dropped, or false when the cid is not recorded.
+local function c_edit(keys, args)
+  local C, cid, u, hk = recorded(args)
+  if not C then return encode(false) end
+  local have, order = {}, split(redis.call('HGET', hk, cid .. '|g'), ',')
+  for _, g in ipairs(order) do have[g] = true end
+  local changed = {}
+  for _, g in ipairs(split(args[8], ',')) do
+    if (args[7] == '+') ~= (have[g] == true) then
+      have[g] = args[7] == '+'
+      changed[#changed + 1] = g
+      if args[7] == '+' then order[#order + 1] = g end
+    end
+  end
+  local keep = {}
+  for _, g in ipairs(order) do if have[g] then keep[#keep + 1] = g end end
+  if #keep > 0 then
+    redis.call('HSET', hk, cid .. '|g', table.concat(keep, ','))
+  else
+    redis.call('HDEL', hk, cid .. '|g')
+  end
+  return encode(changed)
+end
+
+-- c_group (group): ARGV[5] group, then triples op ('+' or '-'), cid, user.
+-- Returns per triple 0 (nothing changed: a replay) or 1 + 2 (the user's
+-- first or last connection there) + 4 (the group's first or last).
+local function c_group(keys, args)
+  local C = context(args)
+  local g = args[5]
+  local out = {}
+  for i = 6, #args, 3 do
+    local add, cid, u = args[i] == '+', args[i + 1], opt(args[i + 2])
+    local set = u and k_gcids(C, g) or k_ganon(C, g)
+    local flags = 0
+    if add and redis.call('SADD', set, cid) == 1 then
+      flags = 1
+      if redis.call('INCR', k_gcount(C, g)) == 1 then flags = flags + 4 end
+      if u and redis.call('HINCRBY', k_group(C, g), u, 1) == 1 then flags = flags + 2 end
+    elseif not add and redis.call('SREM', set, cid) == 1 then
+      flags = 1
+      local nk = k_gcount(C, g)
+      if redis.call('DECR', nk) <= 0 then redis.call('DEL', nk); flags = flags + 4 end
+      if u then
+        local gk = k_group(C, g)
+        if redis.call('HINCRBY', gk, u, -1) <= 0 then redis.call('HDEL', gk, u); flags = flags + 2 end
+      end
+    end
+    out[#out + 1] = flags
+  end
+  -- When this slot saw it all: orders registry changes (see c_global).
+  out[#out + 1] = string.format('%.6f', C.NOW)
+  return out
+end
+
+-- c_global ({~}): ARGV[5..] triples op, a, b: 'N' node (list it, if not
+-- yet), 'X' node (unlist it), 'R+'/'R-' group, when its slot saw it fill or
+-- empty: in or out of the registry.
+-- Returns one integer a triple.
+local function c_global(keys, args)
+  local C = context(args)
+  local out = {}
+  for i = 5, #args, 3 do
+    local op, a, b = args[i], args[i + 1], opt(args[i + 2])
+    local r = 0
+    if op == 'N' then
+      r = redis.call('ZADD', k_nodes(C), 'NX', C.NOW + C.TTL, a)
+    elseif op == 'X' then
+      r = redis.call('ZREM', k_nodes(C), a)
+    elseif op == 'R+' or op == 'R-' then
+      -- Applied only if newer than the last change applied to the group: a
+      -- process's "emptied" that arrives after another's later "filled"
+      -- must not drop the group. A group's time is kept while it is listed.
+      local kv = k_registry(C) .. 'v'
+      local seen = tonumber(redis.call('HGET', kv, a))
+      if not seen or not tonumber(b) or tonumber(b) > seen then
+        if op == 'R+' then
+          r = redis.call('ZADD', k_registry(C), 0, a)
+          redis.call('HSET', kv, a, b)
+        else
+          r = redis.call('ZREM', k_registry(C), a)
+          redis.call('HDEL', kv, a)
+        end
+      end
+    end
+    out[#out + 1] = r
+  end
+  return out
+end
+
+-- c_grace (a pending shard, KEYS[1]): ARGV[5..] triples op, user, group
+-- ('' the user): 'B' back within the grace (1) or not (0), 'A' absent from
+-- now. Returns one integer a triple.
+local function c_grace(keys, args)
+  local C = context(args)
+  C.PENDING = keys[1]
+  local out = {}
+  for i = 5, #args, 3 do
+    local u, g = args[i + 1], opt(args[i + 2])
+    if args[i] == 'B' then
+      out[#out + 1] = back_in_time(C, u, g) and 1 or 0
+    else
+      mark_absent(C, u, g)
+      out[#out + 1] = 0
+    end
+  end
+  return out
+end
+
+-- c_claim (a pending shard, KEYS[1]): ARGV[5] batch. Claims the shard's due
+-- departures. Returns JSON [items, more].
+local function c_claim(keys, args)
+  local C = context(args)
+  local limit = tonumber(args[5])
+  local due = redis.call('ZRANGEBYSCORE', keys[1], '-inf', string.format('%.6f', C.NOW),
+    'LIMIT', 0, limit)
+  if #due > 0 then redis.call('ZREM', keys[1], unpack(due)) end
+  return encode({due, #due >= limit})
+end
+
+-- c_beat (node): ARGV[5] node, [6] channel prefix, [7] inbox batch, [8] the
+-- node's writes (see beat), [9..] seqs of its own disconnects. Returns JSON
+-- [state, closed, more]; state as beat's.
+local function c_beat(keys, args)
+  local C = context(args)
+  local node = args[5]
+  local nk = k_node(C, node)
+  if redis.call('HEXISTS', nk, 'dead') == 1 then return encode({2}) end
+  local state = 0
+  redis.call('HSETNX', nk, 'c', args[6])
+  if redis.call('HSETNX', nk, 'live', 1) == 1 then state = 1 end
+  local writes = tonumber(args[8]) or 0
+  if (tonumber(redis.call('HGET', nk, 'w')) or 0) < writes then
+    state = 1
+    redis.call('HSET', nk, 'w', writes)
+  end
+  drop_own(C, node, args, 9)
+  local inbox = k_inbox(C, node)
+  local batch = tonumber(args[7])
+  local closed = redis.call('LRANGE', inbox, 0, batch - 1)
+  if #closed > 0 then redis.call('LTRIM', inbox, batch, -1) end
+  return encode({state, closed, #closed >= batch})
+end
+
+-- c_tick ({~}): ARGV[5] node ('' none: only look). Keeps the node listed.
+-- Returns JSON [seconds until another node's deadline (-1 none), a dead node
+-- or false].
+local function c_tick(keys, args)
+  local C = context(args)
+  local node = args[5]
+  if node ~= '' then redis.call('ZADD', k_nodes(C), C.NOW + C.TTL, node) end
+  local next_check = -1
+  local first = redis.call('ZRANGE', k_nodes(C), 0, 1, 'WITHSCORES')
+  for i = 1, #first, 2 do
+    if first[i] ~= node then
+      next_check = math.max(0, tonumber(first[i + 1]) - C.NOW)
+      break
+    end
+  end
+  local dead = redis.call('ZRANGEBYSCORE', k_nodes(C), '-inf', '(' .. string.format('%.6f', C.NOW),
+    'LIMIT', 0, 1)
+  return encode({next_check, dead[1] or false})
+end
+
+-- c_alive ({~}, read-only): ARGV[5..] nodes. Returns 1 or 0 for each: beating.
+local function c_alive(keys, args)
+  local C = context(args)
+  local out = {}
+  for i = 5, #args do out[#out + 1] = alive(C, args[i]) and 1 or 0 end
+  return out
+end
+
+-- c_reap_take (node): ARGV[5] node, [6] batch, [7] '1' to mark it counted
+-- out (a reaper) or '' (the node resetting itself). Returns JSON [flat
+-- seq, user pairs of one bucket, done]; done: nothing left, the node's keys
+-- are gone but its marker (the caller unlists it with c_global 'X').
+local function c_reap_take(keys, args)
+  local C = context(args)
+  local node = args[5]
+  local nk = k_node(C, node)
+  if args[7] == '1' then redis.call('HSETNX', nk, 'dead', string.format('%.3f', C.NOW)) end
+  local b = tonumber(redis.call('HGET', nk, 'r')) or 0
+  local top = tonumber(redis.call('HGET', nk, 'b')) or 0
+  while b < top do
+    local bk = k_bucket(C, node, b)
+    local scan = redis.call('HSCAN', bk, 0, 'COUNT', tonumber(args[6]))
+    if #scan[2] > 0 then
+      redis.call('HSET', nk, 'r', b)
+      return encode({scan[2], false})
+    end
+    b = b + 1
+  end
+  if args[7] == '1' then
+    redis.call('DEL', k_anon(C, node), k_inbox(C, node))
+    redis.call('HDEL', nk, 'b', 'r')
+    redis.call('EXPIRE', nk, math.max(C.KEEP, TOMBSTONE))
+  else
+    redis.call('HDEL', nk, 'r')
+  end
+  return encode({{}, true})
+end
+
+-- c_retire (node): ARGV[5] node, [6..] seqs of its own disconnects. Forgets
+-- a node with no connection left (the caller unlists it). Returns 1, or 0
+-- when it still has some.
+local function c_retire(keys, args)
+  local C = context(args)
+  local node = args[5]
+  local nk = k_node(C, node)
+  drop_own(C, node, args, 6)
+  for b = 0, (tonumber(redis.call('HGET', nk, 'b')) or 0) - 1 do
+    if redis.call('EXISTS', k_bucket(C, node, b)) == 1 then return 0 end
+  end
+  redis.call('DEL', nk, k_inbox(C, node), k_anon(C, node))
+  return 1
+end
+
 local function register(name, fn, read_only)
   local flags = {}
   if read_only then flags = {'no-writes'} end
@@ -1053,3 +1454,17 @@ register('retire', retire)
 register('user_connections', user_connections, true)
 register('group_connections', group_connections, true)
 register('groups', groups_page, true)
+register('c_enlist', c_enlist)
+register('c_delist', c_delist)
+register('c_admit', c_admit)
+register('c_unrecord', c_unrecord)
+register('c_edit', c_edit)
+register('c_group', c_group)
+register('c_global', c_global)
+register('c_beat', c_beat)
+register('c_tick', c_tick)
+register('c_alive', c_alive, true)
+register('c_grace', c_grace)
+register('c_claim', c_claim)
+register('c_reap_take', c_reap_take)
+register('c_retire', c_retire)

@@ -94,6 +94,8 @@ SOCKET_TIMEOUT = 5.0
 # Pool options of Django's RedisCache that are not connection arguments.
 _NOT_CONNECTION_OPTIONS = {"parser_class", "pool_class", "serializer", "serializer_class"}
 _PLAIN_USER = re.compile(r"[A-Za-z0-9_.@\-]+")
+#: Words of the errors a cluster node gives a client that is not cluster-aware.
+_CLUSTER_SIGNS = ("MOVED ", "CROSSSLOT", "non local key", "hash to the same slot")
 _CONN_ID = re.compile(r"[A-Za-z0-9]{1,16}\.[0-9a-z]{1,13}")
 
 
@@ -127,8 +129,9 @@ class _Op(Generic[T]):
     parse: Callable[[Any], T]
 
 
-#: A multi-step operation: yields commands, receives their parsed replies.
-Steps = Generator[_Op[Any], Any, T]
+#: A multi-step operation: yields commands (``_Op``; on a cluster also batches
+#: of them), receives their parsed replies.
+Steps = Generator[Any, Any, T]
 
 
 def _safe_url(url: str) -> str:
@@ -311,7 +314,7 @@ class RedisStore:
         # redis.asyncio connections belong to the loop that opened them, and
         # are closed on it when it ends (a sync twin's own loop, asyncio.run()).
         self._async: PerLoop[redis.asyncio.Redis] = PerLoop(
-            lambda loop: self._new_async_client(), close=_close_async_client
+            lambda loop: self._new_async_client(), close=self._close_async
         )
 
     def __repr__(self) -> str:
@@ -398,7 +401,7 @@ class RedisStore:
             return f"Redis service {self.service!r} (Sentinel at {self._sentinel_list()})"
         return f"Redis at {_safe_url(self.url)}"
 
-    def _unavailable(self, exc: RedisError) -> StoreUnavailable:
+    def _unavailable(self, exc: Exception) -> StoreUnavailable:
         where = self._where()
         if isinstance(
             exc, (redis.sentinel.MasterNotFoundError, redis.asyncio.sentinel.MasterNotFoundError)
@@ -410,7 +413,13 @@ class RedisStore:
             )
         if isinstance(exc, (RedisConnectionError, RedisTimeoutError)):
             return StoreUnavailable(f"{where} is unreachable: {exc}")
-        return StoreUnavailable(f"{where} failed: {type(exc).__name__}: {exc}")
+        hint = ""
+        if any(sign in str(exc) for sign in _CLUSTER_SIGNS):
+            hint = (
+                " This Redis is a Redis Cluster node: set CHANNELS_PRESENCE['REDIS_CLUSTER'] "
+                "= True so that presence uses a cluster client and one slot a call."
+            )
+        return StoreUnavailable(f"{where} failed: {type(exc).__name__}: {exc}{hint}")
 
     def _old_redis(self, exc: ResponseError) -> StoreUnavailable:
         return StoreUnavailable(
@@ -574,6 +583,12 @@ class RedisStore:
     def _count_write(self, node: str) -> None:
         self._writes[node] = self._writes.get(node, 0) + 1
 
+    def _holder_key(self, user: str, cid: str) -> str:
+        """The hash holding a connection's record: its user's, or its node's anonymous one."""
+        if user:
+            return self._user_key(user)
+        return f"{self.prefix}/n{{{cid.partition('.')[0]}}}/a"
+
     def _prefix_of(self, node: str, channel: str = "") -> str:
         prefix = self._node_prefixes.get(node)
         if prefix is None:
@@ -590,6 +605,34 @@ class RedisStore:
         return connection.conn_id
 
     # Operations -----------------------------------------------------------------
+    #
+    # The *_steps generators are what the public methods drive; on one Redis
+    # most are a single call. The cluster store (cluster.py) overrides them
+    # with per-slot steps.
+
+    def _disconnect_steps(self, connection: Connection) -> Steps[Departure | None]:
+        reply: Departure | None = yield self._disconnect_op(connection)
+        return reply
+
+    def _refresh_steps(self, node: str, audit: tuple[Connection, ...] = ()) -> Steps[RefreshResult]:
+        reply: RefreshResult = yield self._refresh_op(node, audit)
+        return reply
+
+    def _retire_steps(self, node: str) -> Steps[bool]:
+        reply: bool = yield self._retire_op(node)
+        return reply
+
+    def _settle_steps(self) -> Steps[tuple[Absence, ...]]:
+        reply: tuple[Absence, ...] = yield self._settle_op()
+        return reply
+
+    def _sizes_steps(self, groups: tuple[str, ...]) -> Steps[dict[str, int]]:
+        reply: dict[str, int] = yield self._sizes_op(groups)
+        return reply
+
+    def _user_connections_steps(self, user: str) -> Steps[tuple[Connection, ...]]:
+        reply: tuple[Connection, ...] = yield self._user_connections_op(user)
+        return reply
 
     def _connect_steps(self, connection: Connection, policy: SessionPolicy) -> Steps[ConnectResult]:
         cid = self._check_id(connection)
@@ -690,7 +733,9 @@ class RedisStore:
 
         cid = self._check_id(connection)
         user = _opt(connection.user)
-        return self._fcall("set_meta", self._user_key(user), cid, user, _meta(meta), parse=parse)
+        return self._fcall(
+            "set_meta", self._holder_key(user, cid), cid, user, _meta(meta), parse=parse
+        )
 
     def _refresh_op(self, node: str, audit: tuple[Connection, ...]) -> _Op[RefreshResult]:
         def parse(raw: str) -> RefreshResult:
@@ -909,11 +954,11 @@ class RedisStore:
 
     async def adisconnect(self, connection: Connection) -> Departure | None:
         """Remove a connection from everything; ``None`` if it was not there."""
-        return await self._arun(self._disconnect_op(connection))
+        return await self._adrive(self._disconnect_steps(connection))
 
     def disconnect(self, connection: Connection) -> Departure | None:
         """Sync twin of :meth:`adisconnect`."""
-        return self._run(self._disconnect_op(connection))
+        return self._drive(self._disconnect_steps(connection))
 
     async def ajoin(self, connection: Connection, groups: tuple[str, ...]) -> tuple[str, ...]:
         """Add a recorded connection to groups; return those the user newly joined."""
@@ -945,11 +990,11 @@ class RedisStore:
         ``audit``: some of the node's live connections (``AUDIT_BATCH`` at
         most are checked) whose keys are checked for losses (``broken``).
         """
-        return await self._arun(self._refresh_op(node, audit))
+        return await self._adrive(self._refresh_steps(node, audit))
 
     def refresh(self, node: str, audit: tuple[Connection, ...] = ()) -> RefreshResult:
         """Sync twin of :meth:`arefresh`."""
-        return self._run(self._refresh_op(node, audit))
+        return self._drive(self._refresh_steps(node, audit))
 
     async def arepair(
         self, connections: tuple[Connection, ...], policy: SessionPolicy
@@ -981,11 +1026,11 @@ class RedisStore:
 
     async def aretire(self, node: str) -> bool:
         """Forget a node that stops with no connection left."""
-        return await self._arun(self._retire_op(node))
+        return await self._adrive(self._retire_steps(node))
 
     def retire(self, node: str) -> bool:
         """Sync twin of :meth:`aretire`."""
-        return self._run(self._retire_op(node))
+        return self._drive(self._retire_steps(node))
 
     async def afence(self, user: str, session: str | None = None) -> None:
         """Refuse the connects a logout must stop (see the protocol)."""
@@ -1017,11 +1062,11 @@ class RedisStore:
 
     async def asettle(self) -> tuple[Absence, ...]:
         """Claim the departures whose leave grace has run out (exactly once overall)."""
-        return await self._arun(self._settle_op())
+        return await self._adrive(self._settle_steps())
 
     def settle(self) -> tuple[Absence, ...]:
         """Sync twin of :meth:`asettle`."""
-        return self._run(self._settle_op())
+        return self._drive(self._settle_steps())
 
     async def asweep(self) -> tuple[Departure, ...]:
         """Remove every connection of every dead node now, in bounded batches."""
@@ -1051,11 +1096,11 @@ class RedisStore:
 
     async def agroup_sizes(self, groups: tuple[str, ...]) -> dict[str, int]:
         """Live connections of many groups: one ``MGET``."""
-        return await self._arun(self._sizes_op(groups)) if groups else {}
+        return await self._adrive(self._sizes_steps(groups)) if groups else {}
 
     def group_sizes(self, groups: tuple[str, ...]) -> dict[str, int]:
         """Sync twin of :meth:`agroup_sizes`."""
-        return self._run(self._sizes_op(groups)) if groups else {}
+        return self._drive(self._sizes_steps(groups)) if groups else {}
 
     async def agroup_members(self, group: str) -> tuple[GroupMember, ...]:
         """The users present in ``group`` with their connections there, in pages."""
@@ -1075,11 +1120,11 @@ class RedisStore:
 
     async def auser_connections(self, user: str) -> tuple[Connection, ...]:
         """A user's connections, oldest first."""
-        return await self._arun(self._user_connections_op(user))
+        return await self._adrive(self._user_connections_steps(user))
 
     def user_connections(self, user: str) -> tuple[Connection, ...]:
         """Sync twin of :meth:`auser_connections`."""
-        return self._run(self._user_connections_op(user))
+        return self._drive(self._user_connections_steps(user))
 
     async def agroups(self) -> dict[str, int]:
         """Every group with at least one connection, with its size, in pages."""
@@ -1099,11 +1144,24 @@ class RedisStore:
 
     # Lifecycle ------------------------------------------------------------------
 
+    @staticmethod
+    async def _close_async(client: Any) -> None:
+        await _close_async_client(client)
+
+    @staticmethod
+    def _close_sync(client: Any) -> None:
+        client.close()
+        # A pool handed to the client is not closed with it.
+        client.connection_pool.disconnect()
+        manager = getattr(client.connection_pool, "sentinel_manager", None)
+        if manager is not None:
+            manager.close()
+
     async def aclose(self) -> None:
         """Close this loop's client and the sync one; others are closed on their loops."""
         mine = self._async.pop()
         if mine is not None:
-            await _close_async_client(mine)
+            await self._close_async(mine)
         self.close()
 
     def close(self) -> None:
@@ -1113,12 +1171,7 @@ class RedisStore:
             sync, self._sync = self._sync, None
         clients = self._async.pop_all()
         if sync is not None:
-            sync.close()
-            # A pool handed to the client is not closed with it.
-            sync.connection_pool.disconnect()
-            manager = getattr(sync.connection_pool, "sentinel_manager", None)
-            if manager is not None:
-                manager.close()
+            self._close_sync(sync)
         try:
             current: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
         except RuntimeError:
@@ -1128,12 +1181,12 @@ class RedisStore:
                 continue
             if loop is current:
                 # Called from sync code inside this loop: cannot wait here.
-                self._closing.add(loop.create_task(_close_async_client(entry)))
+                self._closing.add(loop.create_task(self._close_async(entry)))
                 self._closing = {t for t in self._closing if not t.done()}
             elif loop.is_running():
-                asyncio.run_coroutine_threadsafe(_close_async_client(entry), loop)
+                asyncio.run_coroutine_threadsafe(self._close_async(entry), loop)
             else:
-                loop.run_until_complete(_close_async_client(entry))
+                loop.run_until_complete(self._close_async(entry))
 
 
 async def _close_async_client(client: redis.asyncio.Redis) -> None:

@@ -87,7 +87,8 @@ def start_cluster(
     """Start servers: ``start_cluster(presence={...}, names=("a", "b"), kind="uvicorn")``.
 
     ``sentinel=setup`` puts the presence cache behind that Sentinel set-up
-    (the channel layer stays on its own Redis, or ``layer_redis_url``).
+    (the channel layer stays on its own Redis, or ``layer_redis_url``);
+    ``presence_url`` puts it elsewhere (a Redis Cluster node).
 
     ``record_events=True`` makes them record every presence signal (see
     ``harness.recorded_events``). ``layer_redis_url`` puts the channel layer
@@ -109,9 +110,10 @@ def start_cluster(
         record_events: bool = False,
         sentinel: SentinelSetup | None = None,
         layer_redis_url: str = layer_redis_url,
+        presence_url: str | None = None,
     ) -> Cluster:
         config = ServerConfig(
-            redis_url=sentinel.location() if sentinel else redis_url,
+            redis_url=sentinel.location() if sentinel else (presence_url or redis_url),
             sentinels=sentinel.sentinel_addresses if sentinel else None,
             layer_redis_url=layer_redis_url,
             db_path=e2e_dir / "db.sqlite3",
