@@ -118,6 +118,12 @@ def test_connect_join_leave_disconnect_keep_counts_exact(make_node: Callable[...
     assert members == {"u1": [c1.conn_id], "u2": [c2.conn_id], None: [anon.conn_id]}
     [found] = store.user_connections("u1")
     assert (found.conn_id, found.groups) == (c1.conn_id, ("room", "lobby", "extra"))
+    # Metadata is one call in the user's slot (never the node's: another slot).
+    assert store.set_meta(c1, {"role": "host"}) is True
+    assert store.set_meta(anon, {"role": "guest"}) is True
+    assert [c.meta for c in store.user_connections("u1")] == [{"role": "host"}]
+    # Joins and metadata count the same on both sides: the beat sees no loss.
+    assert (a.refresh().lost, b.refresh().lost) == (False, False)
 
     assert store.leave(c1, ("lobby", "nowhere")) == ("lobby",)
     assert store.groups() == {"extra": 1, "room": 3}

@@ -174,6 +174,25 @@ def test_bad_sentinel_settings_fail_before_any_connection(
         get_store()
 
 
+def test_sentinel_and_redis_cluster_together_are_refused() -> None:
+    from django.core.exceptions import ImproperlyConfigured
+
+    config = {
+        "BACKEND": "django_redis.cache.RedisCache",
+        "LOCATION": "redis://presence/0",
+        "OPTIONS": {
+            "CLIENT_CLASS": "django_redis.client.SentinelClient",
+            "CONNECTION_FACTORY": "django_redis.pool.SentinelConnectionFactory",
+            "SENTINELS": [("127.0.0.1", 26379)],
+        },
+    }
+    with (
+        override_settings(CACHES={"default": config}, CHANNELS_PRESENCE={"REDIS_CLUSTER": True}),
+        pytest.raises(ImproperlyConfigured, match="fails over by itself"),
+    ):
+        get_store()
+
+
 def test_djangos_redis_cache_with_a_sentinel_pool_is_refused() -> None:
     from django.core.exceptions import ImproperlyConfigured
 

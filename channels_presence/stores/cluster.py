@@ -163,6 +163,8 @@ class ClusterRedisStore(RedisStore):
     promoted one).
     """
 
+    on_cluster = True
+
     def __init__(self, url: str = "redis://localhost:6379/0", **kwargs: Any) -> None:
         seeds = kwargs.pop("seeds", ())
         super().__init__(url, **kwargs)
@@ -807,6 +809,15 @@ class ClusterRedisStore(RedisStore):
         if glob:
             yield _Batch(tuple(self._shared_ops(glob)[0]))
         return departure
+
+    def _set_meta_op(self, connection: Connection, meta: dict[str, Any] | None) -> _Op[bool]:
+        if not self.per_slot:
+            return super()._set_meta_op(connection, meta)
+        cid = self._check_id(connection)
+        user = _opt(connection.user)
+        return self._fcall(
+            "c_meta", self._holder_key(user, cid), cid, user, _meta(meta), parse=bool
+        )
 
     def _membership_steps(
         self, name: str, connection: Connection, groups: tuple[str, ...]

@@ -696,21 +696,23 @@ end
 
 -- The context, connection id, user and record hash of a call about one
 -- recorded connection (ARGV[5] cid, [6] user); nil when it is not recorded.
--- The call is one of the node's own writes: counted (see beat), so a store
--- that lost it (a failover to a replica that had not got it) shows fewer.
-local function recorded(args)
+-- `counted`: the call is one of the node's own writes, counted (see beat) so
+-- that a store that lost it (a failover to a replica that had not got it)
+-- shows fewer. The c_* functions pass nothing: the node's key is in another
+-- slot, and a cluster counts its writes in c_beat's own way.
+local function recorded(args, counted)
   local C = context(args)
   local cid, u = args[5], opt(args[6])
   local hk = holder(C, u, cid)
   if redis.call('HEXISTS', hk, cid) == 0 then return nil end
-  redis.call('HINCRBY', k_node(C, (node_of(cid))), 'w', 1)
+  if counted then redis.call('HINCRBY', k_node(C, (node_of(cid))), 'w', 1) end
   return C, cid, u, hk
 end
 
 -- join: ARGV[5] cid, [6] user, [7] groups. Returns JSON list of groups the
 -- user newly joined, or false when the connection is not recorded.
 local function join(keys, args)
-  local C, cid, u, hk = recorded(args)
+  local C, cid, u, hk = recorded(args, true)
   if not C then return encode(false) end
   local current = redis.call('HGET', hk, cid .. '|g')
   local have = {}
@@ -733,7 +735,7 @@ end
 -- leave: ARGV[5] cid, [6] user, [7] groups. Returns JSON list of groups the
 -- user is no longer in, or false when the connection is not recorded.
 local function leave(keys, args)
-  local C, cid, u, hk = recorded(args)
+  local C, cid, u, hk = recorded(args, true)
   if not C then return encode(false) end
   local going = {}
   for _, g in ipairs(split(args[7], ',')) do going[g] = true end
@@ -758,15 +760,19 @@ end
 
 -- set_meta: ARGV[5] cid, [6] user, [7] meta ('' = none). Returns 1, or 0
 -- when the connection is not recorded.
-local function set_meta(keys, args)
-  local C, cid, u, hk = recorded(args)
+local function write_meta(C, cid, hk, meta)
   if not C then return 0 end
-  if opt(args[7]) then
-    redis.call('HSET', hk, cid .. '|m', args[7])
+  if meta then
+    redis.call('HSET', hk, cid .. '|m', meta)
   else
     redis.call('HDEL', hk, cid .. '|m')
   end
   return 1
+end
+
+local function set_meta(keys, args)
+  local C, cid, _, hk = recorded(args, true)
+  return write_meta(C, cid, hk, opt(args[7]))
 end
 
 -- beat: ARGV[5] node, [6] its channel prefix, [7] inbox batch, [8] reap
@@ -1069,6 +1075,7 @@ end
 --               bucket entry goes with the node's next c_enlist, c_beat or
 --               c_retire
 --   join:       c_edit (user) -> c_group -> HEXISTS;  leave: c_group -> c_edit
+--   set_meta:   c_meta (user, or the node's anonymous hash)
 --   reap:       c_reap_take (node, a batch) -> HMGET (users) -> c_group
 --               -> c_unrecord (users) -> c_delist (node), c_global, c_grace
 --   disconnect_user: HSCAN + HMGET (user) -> c_group -> c_unrecord -> c_delist
@@ -1215,6 +1222,13 @@ end
 -- c_edit (user): ARGV[5] cid, [6] user, [7] '+' or '-', [8] groups. Adds
 -- groups to (or drops them from) the record's list. Returns JSON list of the
 -- groups really added or dropped, or false when the cid is not recorded.
+-- c_meta (user, or the node's anonymous hash): set_meta in one slot, not
+-- counted as the node's write (see `recorded`).
+local function c_meta(keys, args)
+  local C, cid, _, hk = recorded(args)
+  return write_meta(C, cid, hk, opt(args[7]))
+end
+
 local function c_edit(keys, args)
   local C, cid, u, hk = recorded(args)
   if not C then return encode(false) end
@@ -1459,6 +1473,7 @@ register('c_delist', c_delist)
 register('c_admit', c_admit)
 register('c_unrecord', c_unrecord)
 register('c_edit', c_edit)
+register('c_meta', c_meta)
 register('c_group', c_group)
 register('c_global', c_global)
 register('c_beat', c_beat)

@@ -257,6 +257,10 @@ class RedisStore:
     ``sentinel_kwargs`` are connection arguments for the sentinels.
     """
 
+    #: Talks to a Redis Cluster (a subclass): a cross-slot error is a bug, not a
+    #: missing ``REDIS_CLUSTER`` setting.
+    on_cluster = False
+
     def __init__(
         self,
         url: str = "redis://localhost:6379/0",
@@ -414,7 +418,7 @@ class RedisStore:
         if isinstance(exc, (RedisConnectionError, RedisTimeoutError)):
             return StoreUnavailable(f"{where} is unreachable: {exc}")
         hint = ""
-        if any(sign in str(exc) for sign in _CLUSTER_SIGNS):
+        if not self.on_cluster and any(sign in str(exc) for sign in _CLUSTER_SIGNS):
             hint = (
                 " This Redis is a Redis Cluster node: set CHANNELS_PRESENCE['REDIS_CLUSTER'] "
                 "= True so that presence uses a cluster client and one slot a call."
