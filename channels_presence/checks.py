@@ -100,7 +100,7 @@ def check_presence(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]
                     id="channels_presence.W002",
                 )
             )
-        elif is_redis_backend(backend) and (error := _sentinel_error(cache)):
+        elif is_redis_backend(backend) and (error := _sentinel_error(cache, conf.REDIS_CLUSTER)):
             errors.append(
                 Error(
                     error,
@@ -130,10 +130,10 @@ def check_presence(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]
     return errors
 
 
-def _sentinel_error(cache: dict[str, Any]) -> str:
+def _sentinel_error(cache: dict[str, Any], cluster: bool) -> str:
     """What is wrong with the cache's Sentinel settings, or ``""``."""
     try:
-        sentinel_settings(cache)
+        sentinel_settings(cache, cluster=cluster)
     except ImproperlyConfigured as exc:
         return str(exc)
     return ""

@@ -270,14 +270,18 @@ class Heartbeat:
         if result.counted_out:
             await self.counted_out()
             return result
-        if result.lost or self.resync:
-            self.resync = False
-            await self._restore()
+        # Orphans first: a reset below would remove their records quietly, and
+        # their departures (announced connections) would never be announced.
         if self.orphans:
             await self._remove_orphans()
-        # Those removed by others are closed below, never put back.
+        restored = bool(result.lost or self.resync)
+        if restored:
+            self.resync = False
+            await self._restore()
+        # Those removed by others are closed below, never put back; after a
+        # write-back of the whole node, the audit's findings are stale.
         broken = tuple(c for c in result.broken if c not in result.close_reasons)
-        if broken:
+        if broken and not restored:
             await self._repair(broken)
         if self.regroup:
             await self._regroup()
@@ -391,7 +395,11 @@ class Heartbeat:
                 await self._close(refused, "superseded", None)
         # Closed while the repair was in flight: its removal may have run first.
         for tracker in trackers:
-            if tracker.conn_id not in self.trackers and tracker.conn_id not in result.refused:
+            if (
+                tracker.conn_id not in self.trackers
+                and tracker.conn_id not in result.refused
+                and tracker.conn_id not in self.orphans
+            ):
                 try:
                     await store.adisconnect(tracker.snapshot())
                 except StoreUnavailable as exc:
@@ -465,7 +473,8 @@ class Heartbeat:
             await store.areset(self.node)
         except StoreUnavailable as exc:
             store_failures.failed(exc)
-            self.resync = True  # the next beat tries again
+            self.resync = True  # the next beat tries again, within RETRY
+            self.hurry()
             return
         recorded = [t for t in self.trackers.values() if t.recorded]
         restored = 0
@@ -475,16 +484,18 @@ class Heartbeat:
                 result = await store.arestore(tuple(t.snapshot() for t in chunk), session_policy())
             except StoreUnavailable as exc:
                 store_failures.failed(exc)
-                self.resync = True  # the next beat writes everything back again
+                self.resync = True  # the next beat (within RETRY) writes everything back
+                self.hurry()
                 return
             restored += result.restored
             for conn_id in result.refused:
                 refused = self.trackers.get(conn_id)
                 if refused is not None:
                     await self._close(refused, "superseded", None)
-            # Closed while the batch was in flight: its removal ran first.
+            # Closed while the batch was in flight: its removal ran first (an
+            # orphan's removal is the orphans' own, announced).
             for tracker in chunk:
-                if tracker.conn_id not in self.trackers:
+                if tracker.conn_id not in self.trackers and tracker.conn_id not in self.orphans:
                     try:
                         await store.adisconnect(tracker.snapshot())
                     except StoreUnavailable as exc:

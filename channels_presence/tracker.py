@@ -240,6 +240,8 @@ class PresenceTracker:
         """
         if self.state is not State.CONNECTED or self.recorded or not self.tracked:
             return
+        if self.ended_at is not None:  # its socket is gone: never announce it now
+            return
         try:
             result = await self.store.aconnect(self.snapshot(), session_policy())
         except StoreUnavailable as exc:

@@ -673,3 +673,19 @@ def test_registry_changes_that_cross_on_the_way_apply_in_the_order_their_groups_
     assert store.groups() == {"room": 1}
     store.disconnect(c)
     assert (store.groups(), store.group_count()) == ({}, 0)
+
+
+def test_refused_connects_hide_no_loss_of_the_nodes_writes(
+    make_node: Callable[..., Node], cluster_client: redis.cluster.RedisCluster
+) -> None:
+    """A refused connect is counted on both sides (c_enlist counts it), so a
+    write the store lost afterwards still shows at the next beat."""
+    a = make_node()
+    policy = SessionPolicy(max_sessions=1, on_limit="reject_new")
+    assert a.store.connect(a.conn("u1"), policy).accepted
+    for _ in range(3):
+        assert a.store.connect(a.conn("u1"), policy).refused == "limit"
+    assert a.refresh().lost is False
+    # Redis went back in time by one write of this node (a failover that lost it).
+    cluster_client.hincrby(a.store._node_key(a.id), "w", -1)
+    assert a.refresh().lost is True

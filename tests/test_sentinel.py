@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 import redis
 from django.core.cache import caches
+from django.core.exceptions import ImproperlyConfigured
 from django.test import override_settings
 
 from channels_presence.exceptions import StoreUnavailable
@@ -191,6 +192,21 @@ def test_sentinel_and_redis_cluster_together_are_refused() -> None:
         pytest.raises(ImproperlyConfigured, match="fails over by itself"),
     ):
         get_store()
+
+
+def test_a_project_wide_sentinel_factory_leaves_a_cluster_cache_alone() -> None:
+    """DJANGO_REDIS_CONNECTION_FACTORY set for the project's other caches: a
+    presence cache on a Redis Cluster, without Sentinel options of its own,
+    is no Sentinel cache (and no error)."""
+    from channels_presence.stores.sentinel import sentinel_settings
+
+    config = {"BACKEND": "django_redis.cache.RedisCache", "LOCATION": "redis://10.0.0.1:7000"}
+    with override_settings(
+        DJANGO_REDIS_CONNECTION_FACTORY="django_redis.pool.SentinelConnectionFactory"
+    ):
+        assert sentinel_settings(config, cluster=True) is None
+        with pytest.raises(ImproperlyConfigured, match="SENTINELS"):
+            sentinel_settings(config)
 
 
 def test_djangos_redis_cache_with_a_sentinel_pool_is_refused() -> None:

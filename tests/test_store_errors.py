@@ -143,5 +143,37 @@ async def test_a_join_the_store_refused_is_written_once_it_is_back(
     await still_open(comm)
 
 
+@pytest.mark.redis
+async def test_a_refused_disconnect_is_announced_when_a_refused_join_writes_the_node_back(
+    refusing_redis: redis.Redis, ws: Any
+) -> None:
+    """Both in one outage: the join makes the next beat write the whole node
+    back (a reset first), and the disconnect must still be announced, once."""
+    closed: list[str] = []
+
+    def receiver(sender: Any, connection: Any, reason: str, **kwargs: Any) -> None:
+        closed.append(f"{connection.user}:{reason}")
+
+    async def announced() -> bool:
+        return closed == ["1:disconnected"]
+
+    signals.connection_closed.connect(receiver)
+    try:
+        first, second = await ws(user=1), await ws(user=2)
+        refuse_writes(refusing_redis, True)
+        await second.send_json_to({"join": "room"})
+        assert await second.receive_json_from(timeout=3) == {"joined": "room"}
+        await first.disconnect()
+        refuse_writes(refusing_redis, False)
+        await settles(lambda: _size_is("room", 1), within=3.0)
+        await settles(lambda: _size_is("lobby", 1), within=3.0)
+        await settles(announced, within=3.0)
+        await asyncio.sleep(0.3)
+        assert closed == ["1:disconnected"]
+        await still_open(second)
+    finally:
+        signals.connection_closed.disconnect(receiver)
+
+
 async def _size_is(group: str, size: int) -> bool:
     return await presence.agroup_size(group) == size

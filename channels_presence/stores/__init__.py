@@ -82,7 +82,7 @@ def _build() -> PresenceStore:
     backend = config.get("BACKEND", "")
     if is_redis_backend(backend):
         # Read first: a half-done Sentinel set-up fails here, naming what is missing.
-        sentinel = sentinel_settings(config)
+        sentinel = sentinel_settings(config, cluster=conf.REDIS_CLUSTER)
         if conf.REDIS_CLUSTER:
             from .cluster import ClusterRedisStore
 

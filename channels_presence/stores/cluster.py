@@ -699,6 +699,9 @@ class ClusterRedisStore(RedisStore):
         enlisted = yield _Enlist(node, cid, user, prefix, fresh)
         if enlisted != 1:
             return ConnectResult(accepted=False, refused="counted_out")
+        # c_enlist counted it: so do we, whatever c_admit decides (a refusal's
+        # c_delist is not counted), or a refused connect would hide a loss.
+        self._writes[node] = self._writes.get(node, 0) + 1
         if fresh:
             # Listed before its first record: a node that dies is always reaped.
             yield self._global_op([("N", node, "")])
@@ -729,7 +732,6 @@ class ClusterRedisStore(RedisStore):
             refused = {0: "limit", -2: "connections", -3: "logged_out"}[status]
             return ConnectResult(accepted=False, refused=refused)
         self._live_nodes.add(node)
-        self._writes[node] = self._writes.get(node, 0) + 1
         _, first, evicted, t_ms, sessions, replaced = reply
         evicted = list(evicted or ())
         # Ours in before the evicted out: a group both share keeps the user.

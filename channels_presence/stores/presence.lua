@@ -699,7 +699,8 @@ end
 -- `counted`: the call is one of the node's own writes, counted (see beat) so
 -- that a store that lost it (a failover to a replica that had not got it)
 -- shows fewer. The c_* functions pass nothing: the node's key is in another
--- slot, and a cluster counts its writes in c_beat's own way.
+-- slot. On a cluster only the node's own slot counts its writes (c_enlist,
+-- c_delist): a write lost on a user's or group's slot goes unnoticed.
 local function recorded(args, counted)
   local C = context(args)
   local cid, u = args[5], opt(args[6])

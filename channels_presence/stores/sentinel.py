@@ -92,8 +92,14 @@ def _sentinel_pairs(value: Any) -> tuple[tuple[str, int], ...]:
     return tuple(pairs)
 
 
-def sentinel_settings(config: Mapping[str, Any]) -> SentinelSettings | None:
+def sentinel_settings(
+    config: Mapping[str, Any], *, cluster: bool = False
+) -> SentinelSettings | None:
     """The Sentinel settings of a ``CACHES`` entry; ``None`` when it names one Redis.
+
+    ``cluster`` (``REDIS_CLUSTER``): only the entry's own ``OPTIONS`` can put
+    it on Sentinel, not a project-wide ``DJANGO_REDIS_CONNECTION_FACTORY``
+    meant for the project's other caches.
 
     Follows django-redis: a cache is on Sentinel when its connection factory
     is ``SentinelConnectionFactory``. A half-done set-up (the client class or
@@ -118,8 +124,8 @@ def sentinel_settings(config: Mapping[str, Any]) -> SentinelSettings | None:
         return None
     if backend != DJANGO_REDIS:
         return None
-    factory = options.get("CONNECTION_FACTORY") or getattr(
-        settings, "DJANGO_REDIS_CONNECTION_FACTORY", None
+    factory = options.get("CONNECTION_FACTORY") or (
+        None if cluster else getattr(settings, "DJANGO_REDIS_CONNECTION_FACTORY", None)
     )
     client = options.get("CLIENT_CLASS")
     if factory != SENTINEL_FACTORY:
