@@ -64,6 +64,7 @@ from .redis import (
     _absences,
     _by_time,
     _channel_part,
+    _close_notices,
     _connection,
     _departures,
     _group_list,
@@ -1091,14 +1092,7 @@ class ClusterRedisStore(RedisStore):
         reaping = False
         if dead:
             expired, reaping = yield from self._reap_steps(self.reap_budget, str(dead))
-        reasons: dict[str, str] = {}
-        codes: dict[str, int] = {}
-        for item in closed or ():
-            seq, why, code = str(item).split("\t")
-            cid = f"{node}.{seq}"
-            reasons[cid] = why
-            if code.isdigit():
-                codes[cid] = int(code)
+        reasons, codes = _close_notices(node, closed)
         return RefreshResult(
             closed=tuple(reasons),
             close_reasons=reasons,

@@ -787,19 +787,28 @@ end
 -- another node's deadline (-1: none), prefixes, seqs of audited connections
 -- found broken]; state 0 ok, 1 the node's records were lost (write them back),
 -- 2 it was counted out.
-local function beat(keys, args)
-  local C = context(args)
-  local node = args[5]
+-- What a beat first learns of its node: 2 counted out, 1 its records were
+-- lost (its live flag, or writes it saw answered that the store lacks), else
+-- 0. `prefix` is its channel prefix, `writes` the count it saw answered.
+local function node_state(C, node, prefix, writes)
   local nk = k_node(C, node)
-  if redis.call('HEXISTS', nk, 'dead') == 1 then return encode({2}) end
+  if redis.call('HEXISTS', nk, 'dead') == 1 then return 2 end
   local state = 0
-  redis.call('HSETNX', nk, 'c', args[6])
+  redis.call('HSETNX', nk, 'c', prefix)
   if redis.call('HSETNX', nk, 'live', 1) == 1 then state = 1 end
-  local writes = tonumber(args[10]) or 0
+  writes = tonumber(writes) or 0
   if (tonumber(redis.call('HGET', nk, 'w')) or 0) < writes then
     state = 1
     redis.call('HSET', nk, 'w', writes)
   end
+  return state
+end
+
+local function beat(keys, args)
+  local C = context(args)
+  local node = args[5]
+  local state = node_state(C, node, args[6], args[10])
+  if state == 2 then return encode({2}) end
   redis.call('ZADD', k_nodes(C), C.NOW + C.TTL, node)
   local inbox = k_inbox(C, node)
   local batch = tonumber(args[7])
@@ -1355,16 +1364,8 @@ end
 local function c_beat(keys, args)
   local C = context(args)
   local node = args[5]
-  local nk = k_node(C, node)
-  if redis.call('HEXISTS', nk, 'dead') == 1 then return encode({2}) end
-  local state = 0
-  redis.call('HSETNX', nk, 'c', args[6])
-  if redis.call('HSETNX', nk, 'live', 1) == 1 then state = 1 end
-  local writes = tonumber(args[8]) or 0
-  if (tonumber(redis.call('HGET', nk, 'w')) or 0) < writes then
-    state = 1
-    redis.call('HSET', nk, 'w', writes)
-  end
+  local state = node_state(C, node, args[6], args[8])
+  if state == 2 then return encode({2}) end
   drop_own(C, node, args, 9)
   local inbox = k_inbox(C, node)
   local batch = tonumber(args[7])

@@ -204,6 +204,19 @@ def _connection(item: list[Any], prefixes: Mapping[str, str]) -> Connection:
     )
 
 
+def _close_notices(node: str, items: Any) -> tuple[dict[str, str], dict[str, int]]:
+    """A node's inbox notices ("seq\treason\tcode"): reasons and codes by conn_id."""
+    reasons: dict[str, str] = {}
+    codes: dict[str, int] = {}
+    for item in items or ():
+        seq, why, code = str(item).split("\t")
+        cid = f"{node}.{seq}"
+        reasons[cid] = why
+        if code.isdigit():
+            codes[cid] = int(code)
+    return reasons, codes
+
+
 def _departures(items: Any, prefixes: Mapping[str, str]) -> tuple[Departure, ...]:
     return tuple(
         Departure(
@@ -747,14 +760,7 @@ class RedisStore:
             if reply[0] == 2:
                 return RefreshResult(counted_out=True)
             state, closed, expired, settled, more, next_check, prefixes, broken = reply
-            reasons: dict[str, str] = {}
-            codes: dict[str, int] = {}
-            for item in closed or ():
-                seq, why, code = str(item).split("\t")
-                cid = f"{node}.{seq}"
-                reasons[cid] = why
-                if code.isdigit():
-                    codes[cid] = int(code)
+            reasons, codes = _close_notices(node, closed)
             return RefreshResult(
                 closed=tuple(reasons),
                 close_reasons=reasons,
