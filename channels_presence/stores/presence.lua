@@ -787,6 +787,16 @@ end
 -- another node's deadline (-1: none), prefixes, seqs of audited connections
 -- found broken]; state 0 ok, 1 the node's records were lost (write them back),
 -- 2 it was counted out.
+-- Seconds until the earliest deadline of a node other than `node` (-1: none).
+local function next_deadline(C, node)
+  -- The two earliest deadlines (names and scores alternate): one may be ours.
+  local first = redis.call('ZRANGE', k_nodes(C), 0, 1, 'WITHSCORES')
+  for i = 1, #first, 2 do
+    if first[i] ~= node then return math.max(0, tonumber(first[i + 1]) - C.NOW) end
+  end
+  return -1
+end
+
 -- What a beat first learns of its node: 2 counted out, 1 its records were
 -- lost (its live flag, or writes it saw answered that the store lacks), else
 -- 0. `prefix` is its channel prefix, `writes` the count it saw answered.
@@ -816,15 +826,7 @@ local function beat(keys, args)
   if #closed > 0 then redis.call('LTRIM', inbox, batch, -1) end
   local expired, reaping = reap(C, tonumber(args[8]))
   local settled, settling = settle(C, tonumber(args[9]))
-  local next_check = -1
-  -- The two earliest deadlines (names and scores alternate): one may be ours.
-  local first = redis.call('ZRANGE', k_nodes(C), 0, 1, 'WITHSCORES')
-  for i = 1, #first, 2 do
-    if first[i] ~= node then
-      next_check = math.max(0, tonumber(first[i + 1]) - C.NOW)
-      break
-    end
-  end
+  local next_check = next_deadline(C, node)
   local broken = {}
   for _, it in ipairs(cjson.decode(args[11] or '[]')) do
     if not whole(C, node, it[1], opt(it[2])) then broken[#broken + 1] = it[1] end
@@ -1381,14 +1383,7 @@ local function c_tick(keys, args)
   local C = context(args)
   local node = args[5]
   if node ~= '' then redis.call('ZADD', k_nodes(C), C.NOW + C.TTL, node) end
-  local next_check = -1
-  local first = redis.call('ZRANGE', k_nodes(C), 0, 1, 'WITHSCORES')
-  for i = 1, #first, 2 do
-    if first[i] ~= node then
-      next_check = math.max(0, tonumber(first[i + 1]) - C.NOW)
-      break
-    end
-  end
+  local next_check = next_deadline(C, node)
   local dead = redis.call('ZRANGEBYSCORE', k_nodes(C), '-inf', '(' .. string.format('%.6f', C.NOW),
     'LIMIT', 0, 1)
   return encode({next_check, dead[1] or false})
