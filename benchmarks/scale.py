@@ -19,6 +19,8 @@ time instead: one Python process cannot send 20 processes' heartbeats of
 50,000 connections every 20 s (with today's store Redis alone needs about that
 long for them), so the store gets a TTL of ``--compressed-ttl`` (2 h), no
 keep-alive beats are sent, and the windows below are compressed as said.
+Each heartbeat carries its process's audit slice (``AUDIT_BATCH`` of its
+connections, in turn), as the real heartbeat does.
 How each figure is measured:
 
 - longest script: ``SLOWLOG`` reset before the phase, the longest
@@ -339,8 +341,10 @@ class NewStoreDriver:
     read_commands = ("get",)
 
     def __init__(self, url: str, ttl: float, policy: Policy) -> None:
-        from channels_presence.stores.base import Connection, SessionPolicy
+        from channels_presence.stores.base import AUDIT_BATCH, Connection, SessionPolicy
         from channels_presence.stores.redis import _SOURCE, LIBRARY, RedisStore
+
+        self._audit_batch = AUDIT_BATCH
 
         self._connection_type = Connection
         self._library, self._source = LIBRARY, _SOURCE
@@ -351,6 +355,8 @@ class NewStoreDriver:
             max_connections=None,
         )
         self._pipe_client = redis.Redis.from_url(url, decode_responses=True, socket_timeout=600)
+        #: Where each process's audit slice starts next.
+        self._audited: dict[int, int] = {}
 
     @staticmethod
     def node(process: int) -> str:
@@ -377,6 +383,7 @@ class NewStoreDriver:
             "set_meta",
             "beat",
             "restore",
+            "repair",
             "disconnect_user",
             "reap",
             "settle",
@@ -416,8 +423,12 @@ class NewStoreDriver:
         await self.store.adisconnect(self._connection(conn))
 
     async def heartbeat(self, process: int, conns: Sequence[Conn]) -> tuple[int, int]:
-        # One call however many connections: ``conns`` is not sent at all.
-        result = await self.store.arefresh(self.node(process))
+        # One call however many connections: of ``conns`` only the audit's
+        # slice is sent (AUDIT_BATCH of them, in turn, as the heartbeat does).
+        start, batch = self._audited.get(process, 0), self._audit_batch
+        audit = tuple(map(self._connection, conns[start : start + batch]))
+        self._audited[process] = 0 if start + batch >= len(conns) else start + batch
+        result = await self.store.arefresh(self.node(process), audit)
         return len(result.closed), len(result.expired)
 
     async def join(self, conn: Conn, groups: tuple[str, ...]) -> None:
