@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
+import weakref
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import Generic, TypeVar
 
@@ -57,6 +58,14 @@ class AtLoopEnd:
             self._gen.aclose().send(None)
 
 
+class LoopEnding(RuntimeError):
+    """A closable per-loop value was asked for after its loop's end closed it.
+
+    Made again, it would hold sockets nothing could close any more (the
+    loop's shutdown has already run its closing step).
+    """
+
+
 class PerLoop(Generic[T]):
     """One ``T`` per running event loop, made on first use.
 
@@ -74,6 +83,8 @@ class PerLoop(Generic[T]):
         self.close = close
         self.values: dict[asyncio.AbstractEventLoop, T] = {}
         self._ends: dict[asyncio.AbstractEventLoop, AtLoopEnd] = {}
+        #: Loops whose end closed their value: asking again is an error.
+        self._ended: weakref.WeakSet[asyncio.AbstractEventLoop] = weakref.WeakSet()
         # Loops of several threads (the sync twins' own) may ask at once.
         self.lock = threading.Lock()
 
@@ -81,21 +92,39 @@ class PerLoop(Generic[T]):
         return len(self.values)
 
     def get(self) -> T:
-        """The running loop's value."""
+        """The running loop's value.
+
+        Raises :class:`LoopEnding` for a closable value whose loop is shutting
+        down and has closed it already: a task still running then (one
+        started during the shutdown) must not open what nothing would close.
+        """
         loop = asyncio.get_running_loop()
         value = self.values.get(loop)
         if value is None:
             with self.lock:
                 value = self.values.get(loop)
                 if value is None:
+                    if loop in self._ended:
+                        raise LoopEnding("this event loop is shutting down")
                     for closed in [lp for lp in self.values if lp.is_closed()]:
                         del self.values[closed]
                         self._drop_end(closed)
                     value = self.values[loop] = self.factory(loop)
                     if self.close is not None:
-                        close, made = self.close, value
-                        self._ends[loop] = AtLoopEnd(lambda: close(made))
+                        made = value
+                        self._ends[loop] = AtLoopEnd(lambda: self._end(loop, made))
         return value
+
+    async def _end(self, loop: asyncio.AbstractEventLoop, value: T) -> None:
+        """At the loop's end: forget ``value`` (no later caller gets it, closed)
+        and close it."""
+        assert self.close is not None
+        with self.lock:
+            if self.values.get(loop) is value:
+                del self.values[loop]
+                self._ends.pop(loop, None)
+            self._ended.add(loop)
+        await self.close(value)
 
     def snapshot(self) -> list[T]:
         """The value of every loop not closed yet, read safely from any thread."""

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import gc
+from typing import Any
 
-from channels_presence.loops import AtLoopEnd, PerLoop
+from channels_presence.loops import AtLoopEnd, LoopEnding, PerLoop
 
 
 class Resource:
@@ -79,7 +80,45 @@ def test_a_loop_closed_without_shutting_down_runs_nothing_and_is_forgotten() -> 
 
     gc.collect()  # a leftover generator would complain here (an error in this suite)
     assert stale.closed_on is None and fresh is not stale
-    assert len(registry) == 1
+    # The stale one was forgotten when another loop asked; the fresh one by
+    # its own loop's end, which closed it.
+    assert fresh.closed_on is not None
+    assert len(registry) == 0
+
+
+def test_a_value_asked_for_after_its_loops_end_closed_it_is_refused() -> None:
+    """A task still running during the loop's shutdown (one the shutdown did
+    not cancel) must not get the closed value (a Redis client would reconnect
+    and leak) nor a new one (nothing would close it)."""
+    registry = closing_registry()
+    asked: list[BaseException | Resource] = []
+
+    async def late() -> None:
+        await asyncio.sleep(0)  # after the shutdown's closing step has run
+        try:
+            asked.append(registry.get())
+        except LoopEnding as exc:
+            asked.append(exc)
+
+    async def straggle() -> Any:
+        """An async generator finalised in the same shutdown, starting a task."""
+        try:
+            yield
+        finally:
+            # Started during shutdown_asyncgens(): runs while it finishes.
+            await asyncio.ensure_future(late())
+
+    async def main() -> Resource:
+        value = registry.get()
+        gen = straggle()
+        await gen.__anext__()
+        main.gen = gen  # type: ignore[attr-defined]  # kept alive until the shutdown
+        return value
+
+    value = asyncio.run(main())
+    assert value.closed_on is not None
+    assert len(asked) == 1 and isinstance(asked[0], LoopEnding), asked
+    assert len(registry) == 0
 
 
 def test_a_dropped_call_never_runs() -> None:

@@ -47,7 +47,7 @@ from redis.retry import Retry
 
 from ..conf import PresenceSettings
 from ..exceptions import StoreUnavailable
-from ..loops import PerLoop
+from ..loops import LoopEnding, PerLoop
 from .base import (
     AUDIT_BATCH,
     FENCE_SECONDS,
@@ -507,7 +507,13 @@ class RedisStore:
             return self._sync
 
     def _async_client(self) -> redis.asyncio.Redis:
-        return self._async.get()
+        try:
+            return self._async.get()
+        except LoopEnding as exc:
+            raise StoreUnavailable(
+                f"{self._where()} is not reached from an event loop that is shutting down "
+                "(its client is closed)."
+            ) from exc
 
     def _new_async_client(self) -> redis.asyncio.Redis:
         retry = AsyncRetry(NoBackoff(), 1, supported_errors=(RedisConnectionError,))
