@@ -1087,10 +1087,23 @@ def test_each_event_loop_gets_its_own_client(make_node: Callable[..., Node]) -> 
     assert len(store._async) <= 1
 
 
-def _connected(client: redis.Redis) -> int:
-    """Clients connected to the test Redis (this one included)."""
-    count: int = client.info("clients")["connected_clients"]
-    return count
+def _connected(client: redis.Redis, settles_at: int | None = None) -> int:
+    """Clients connected to the test Redis (this one included).
+
+    Redis counts a closed socket out only when its event loop reads the EOF,
+    which may come after our next command. With ``settles_at``, wait (up to
+    2 s) for the count to reach it, which a socket left open never lets it do;
+    without, wait for two reads 50 ms apart to agree (a baseline).
+    """
+    deadline = time.monotonic() + 2.0
+    previous = None
+    while True:
+        count: int = client.info("clients")["connected_clients"]
+        settled = count == previous if settles_at is None else count == settles_at
+        if settled or time.monotonic() > deadline:
+            return count
+        previous = count
+        time.sleep(0.05)
 
 
 def test_a_loop_that_ends_closes_its_client(
@@ -1102,7 +1115,7 @@ def test_a_loop_that_ends_closes_its_client(
     for _ in range(3):
         assert asyncio.run(store.agroup_size("room")) == 0
         # Its socket was closed before the loop was: none is left to the collector.
-        assert _connected(client) == before
+        assert _connected(client, before) == before
 
 
 def test_a_sync_twin_on_a_loop_of_its_own_leaves_no_socket_open(
@@ -1117,7 +1130,7 @@ def test_a_sync_twin_on_a_loop_of_its_own_leaves_no_socket_open(
         # async_to_sync runs these on a new loop each time (no loop runs here).
         assert disconnect_user(1) == 0
         assert sweep() == []
-        assert _connected(client) == before
+        assert _connected(client, before) == before
 
 
 async def test_close_and_aclose_close_every_pooled_socket(
@@ -1127,12 +1140,12 @@ async def test_close_and_aclose_close_every_pooled_socket(
     store = make_store()
     store.group_size("room")
     await store.agroup_size("room")
-    assert _connected(client) == before + 2
+    assert _connected(client, before + 2) == before + 2
 
     await store.aclose()
-    assert _connected(client) == before
+    assert _connected(client, before) == before
 
     store.group_size("room")
-    assert _connected(client) == before + 1
+    assert _connected(client, before + 1) == before + 1
     store.close()
-    assert _connected(client) == before
+    assert _connected(client, before) == before

@@ -489,11 +489,11 @@ class RedisStore:
                 # error); timeouts are not retried, since the script may have run.
                 retry = Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,))
                 if self.sentinels:
-                    manager = redis.sentinel.Sentinel(  # type: ignore[no-untyped-call]
+                    manager = redis.sentinel.Sentinel(  # type: ignore[no-untyped-call,unused-ignore]
                         self.sentinels,
                         sentinel_kwargs=self._sentinel_socket_kwargs(Retry(NoBackoff(), 0)),
                     )
-                    self._sync = manager.master_for(  # type: ignore[no-untyped-call]
+                    self._sync = manager.master_for(  # type: ignore[no-untyped-call,unused-ignore]
                         self.service,
                         connection_pool_class=_BlockingSentinelPool,
                         retry=retry,
@@ -519,7 +519,7 @@ class RedisStore:
         retry = AsyncRetry(NoBackoff(), 1, supported_errors=(RedisConnectionError,))
         if self.sentinels:
             # The sentinels' clients belong to this loop too.
-            manager = redis.asyncio.sentinel.Sentinel(  # type: ignore[no-untyped-call]
+            manager = redis.asyncio.sentinel.Sentinel(  # type: ignore[no-untyped-call,unused-ignore]
                 self.sentinels,
                 sentinel_kwargs=self._sentinel_socket_kwargs(AsyncRetry(NoBackoff(), 0)),
             )
@@ -539,7 +539,7 @@ class RedisStore:
         client = self._sync_client()
         try:
             try:
-                raw = client.execute_command(*op.command)  # type: ignore[no-untyped-call]
+                raw = client.execute_command(*op.command)  # type: ignore[no-untyped-call,unused-ignore]
             except ResponseError as exc:
                 if "Function not found" not in str(exc):
                     raise
@@ -548,7 +548,7 @@ class RedisStore:
                     client.function_load(_SOURCE, replace=True)
                 except ResponseError as load_error:
                     raise self._old_redis(load_error) from load_error
-                raw = client.execute_command(*op.command)  # type: ignore[no-untyped-call]
+                raw = client.execute_command(*op.command)  # type: ignore[no-untyped-call,unused-ignore]
         except RedisError as exc:
             raise self._unavailable(exc) from exc
         return op.parse(raw)
@@ -557,7 +557,7 @@ class RedisStore:
         client = self._async_client()
         try:
             try:
-                raw = await client.execute_command(*op.command)  # type: ignore[no-untyped-call]
+                raw = await client.execute_command(*op.command)  # type: ignore[no-untyped-call,unused-ignore]
             except ResponseError as exc:
                 if "Function not found" not in str(exc):
                     raise
@@ -565,7 +565,7 @@ class RedisStore:
                     await client.function_load(_SOURCE, replace=True)
                 except ResponseError as load_error:
                     raise self._old_redis(load_error) from load_error
-                raw = await client.execute_command(*op.command)  # type: ignore[no-untyped-call]
+                raw = await client.execute_command(*op.command)  # type: ignore[no-untyped-call,unused-ignore]
         except RedisError as exc:
             raise self._unavailable(exc) from exc
         return op.parse(raw)
