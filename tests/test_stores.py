@@ -614,6 +614,56 @@ async def test_max_connections_per_user_refuses_past_the_limit(store: Api) -> No
     assert (await store.connect(conn("d1", "u2"), policy)).accepted
 
 
+async def test_a_session_that_makes_room_counts_out_of_the_connection_limit(
+    store: Api,
+) -> None:
+    """The older session's connections leave as the new one comes: they do not
+    count against ``max_connections`` (a refusal there also kept the old session)."""
+    policy = SessionPolicy(max_sessions=1, scope="session", max_connections=2)
+    for channel in ("c1", "c2"):
+        assert (await store.connect(conn(channel, "u1", "s1"), policy)).accepted
+
+    result = await store.connect(conn("c3", "u1", "s2"), policy)
+
+    assert (result.accepted, result.refused) == (True, "")
+    assert sorted(d.connection.channel_name for d in result.evicted) == ["c1", "c2"]
+    assert [c.channel_name for c in await store.user_connections("u1")] == ["c3"]
+
+
+async def test_a_refusal_by_the_connection_limit_leaves_the_sessions_as_they_were(
+    store: Api,
+) -> None:
+    """Refused by ``max_connections`` although a session would have made room:
+    that session still counts, so the next connect of another session evicts it."""
+    roomy = SessionPolicy(max_sessions=2, scope="session", max_connections=3)
+    await store.connect(conn("c1", "u1", "s1"), roomy)
+    await store.connect(conn("c2", "u1", "s2"), roomy)
+    await store.connect(conn("c3", "u1", "s2"), roomy)
+    # The limit was lowered: s1 would make room for one, but s2 alone fills it.
+    policy = SessionPolicy(max_sessions=2, scope="session", max_connections=2)
+    assert (await store.connect(conn("c4", "u1", "s3"), policy)).refused == "connections"
+
+    await store.disconnect("c3")
+    result = await store.connect(conn("c5", "u1", "s4"), policy)
+
+    assert (result.accepted, result.refused) == (True, "")
+    assert [d.connection.channel_name for d in result.evicted] == ["c1"]
+    assert sorted(c.channel_name for c in await store.user_connections("u1")) == ["c2", "c5"]
+
+
+async def test_a_replayed_anonymous_connect_counts_once(store: Api) -> None:
+    """A connect retried with the same id (its first try's reply was lost)."""
+    anonymous = conn("a1", None, groups=("room",))
+    await store.connect(anonymous, UNLIMITED)
+    await store.connect(anonymous, UNLIMITED)
+    assert await populations(store, "room") == (1, 0)
+
+    await store.disconnect("a1")
+
+    assert await populations(store, "room") == (0, 0)
+    assert "room" not in await store.groups()
+
+
 async def test_retire_forgets_an_empty_node_only(store: Api) -> None:
     c1 = conn("c1")
     await store.connect(c1, UNLIMITED)

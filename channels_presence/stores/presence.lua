@@ -519,7 +519,9 @@ end
 -- limit, -2 too many connections), the cids to evict now and the sessions to
 -- evict in batches by the caller.
 local function admit(C, hk, cid, s, max, scope, on_limit, per_user)
-  local evict, sessions = {}, {}
+  -- dropped: sessions that make room; leaving: their connections, evicted in
+  -- batches by the caller, so not in `evict`.
+  local evict, sessions, dropped, leaving = {}, {}, {}, 0
   local count = tonumber(redis.call('HGET', hk, '#')) or 0
   if max then
     if scope == 'session' then
@@ -530,11 +532,12 @@ local function admit(C, hk, cid, s, max, scope, on_limit, per_user)
           if on_limit == 'reject_new' then return 0, evict, sessions end
           for i = 1, #order - max + 1 do
             local old = order[i]
-            drop_session(hk, old)
+            dropped[#dropped + 1] = old
             if string.sub(old, 1, 1) == '=' then
               evict[#evict + 1] = string.sub(old, 2)
             else
               sessions[#sessions + 1] = old
+              leaving = leaving + (tonumber(redis.call('HGET', hk, 's|' .. old)) or 0)
             end
           end
         end
@@ -551,7 +554,9 @@ local function admit(C, hk, cid, s, max, scope, on_limit, per_user)
       for i = 1, count - max + 1 do evict[#evict + 1] = order[i] end
     end
   end
-  if per_user and count - #evict >= per_user then return -2, {}, {} end
+  -- Decided before anything is written: a refusal leaves the sessions as they were.
+  if per_user and count - #evict - leaving >= per_user then return -2, {}, {} end
+  for _, old in ipairs(dropped) do drop_session(hk, old) end
   return 1, evict, sessions
 end
 
@@ -665,9 +670,11 @@ local function connect(keys, args)
   if redis.call('HEXISTS', k_node(C, node), 'dead') == 1 then return encode({-1}) end
   local evict, sessions = {}, {}
   if u and fenced(C, u, s, tonumber(args[19])) then return encode({-3}) end
+  -- A replayed connect (a retry after a timeout whose call had run) replaces
+  -- the record it left, signed in or anonymous, so nothing is counted twice.
+  if redis.call('HEXISTS', holder(C, u, cid), cid) == 1 then remove(C, u, cid, nil, nil) end
   if u then
     local hk = k_user(C, u)
-    if redis.call('HEXISTS', hk, cid) == 1 then remove(C, u, cid, nil, nil) end
     local status
     status, evict, sessions = admit(C, hk, cid, s, max, scope, on_limit, tonumber(args[16]))
     if status ~= 1 then return encode({status}) end
