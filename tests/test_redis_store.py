@@ -308,6 +308,81 @@ async def test_racing_reapers_report_each_departure_once(
         await node.store.aclose()
 
 
+def _served(node: Node, buckets: int) -> None:
+    """Move ``node``'s sequence on by ``buckets`` buckets (128 connections
+    each), as if it had served that many connections, long gone."""
+    node._seq = itertools.count(next(node._seq) + 128 * buckets)
+
+
+def _fcalls(client: redis.Redis) -> int:
+    calls: int = client.info("commandstats").get("cmdstat_fcall", {}).get("calls", 0)
+    return calls
+
+
+def test_retiring_a_node_that_served_millions_looks_through_its_buckets_a_share_a_call(
+    make_node: Callable[..., Node], client: redis.Redis, key_prefix: str
+) -> None:
+    node = make_node()
+    first = node.connect("u1")
+    _served(node, 5000)
+    last = node.connect("u2")
+    for c in (first, last):
+        node.store.disconnect(c)
+    store = node.store
+
+    # One call looks through 1,024 of the 5,002 buckets and says to go on.
+    assert store._run(store._retire_op(node.id)) == 2
+    assert client.hget(f"{key_prefix}/n{{{node.id}}}", "r") == "1024"
+    before = _fcalls(client)
+    assert store.retire(node.id) is True
+    assert _fcalls(client) - before == 4
+    assert keys_of(client, key_prefix) == []
+
+
+def test_a_retire_that_meets_a_connection_far_out_keeps_the_node(
+    make_node: Callable[..., Node],
+) -> None:
+    node = make_node()
+    _served(node, 3000)
+    node.connect("u1")
+    assert node.store.retire(node.id) is False
+
+
+def test_a_dead_node_that_served_millions_is_reaped_in_bounded_calls(
+    make_node: Callable[..., Node], make_store: Callable[..., RedisStore], client: redis.Redis
+) -> None:
+    dead = make_node(ttl=1)
+    dead.store.disconnect(dead.connect("u1"))
+    _served(dead, 5000)
+    far = dead.connect("u2", groups=("room",))
+    time.sleep(1 + SLACK)
+
+    sweeper = make_store(ttl=1)
+    before = _fcalls(client)
+    assert channels(sweeper.sweep()) == channels([far])
+    # Looking through an empty bucket is work too: 300 a call.
+    assert _fcalls(client) - before >= 5000 // 300
+    assert (sweeper.group_size("room"), sweeper.groups()) == (0, {})
+
+
+def test_a_connection_written_back_behind_a_retire_walk_is_still_reaped(
+    make_node: Callable[..., Node], make_store: Callable[..., RedisStore]
+) -> None:
+    """A retire that met a connection far out left its cursor there; a
+    connection written back into an earlier bucket moves the cursor back, so
+    a reaper does not pass it by."""
+    node = make_node(ttl=1)
+    early = node.conn("u1", groups=("room",))
+    _served(node, 3000)
+    far = node.connect("u2", groups=("room",))
+    assert node.store.retire(node.id) is False
+    assert node.store.restore((early,), UNLIMITED).restored == 1
+    time.sleep(1 + SLACK)
+
+    assert channels(make_store(ttl=1).sweep()) == channels([early, far])
+    assert node.store.group_size("room") == 0
+
+
 def test_a_stalled_node_is_counted_out_and_may_not_connect(
     make_node: Callable[..., Node],
 ) -> None:

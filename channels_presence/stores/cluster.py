@@ -56,6 +56,7 @@ from .redis import (
     INBOX_BATCH,
     MEMBERS_BATCH,
     READ_BATCH,
+    RETIRE_AGAIN,
     SETTLE_BATCH,
     USER_BATCH,
     RedisStore,
@@ -949,7 +950,8 @@ class ClusterRedisStore(RedisStore):
     def _retire_steps(self, node: str) -> Steps[bool]:
         if not self.per_slot:
             return (yield from super()._retire_steps(node))
-        done = yield self._node_op("c_retire", node, node, parse=int)
+        while (done := (yield self._node_op("c_retire", node, node, parse=int))) == RETIRE_AGAIN:
+            pass
         if done:
             yield self._global_op([("X", node, "")])
         return bool(done)
@@ -981,6 +983,10 @@ class ClusterRedisStore(RedisStore):
                 if reaping:
                     yield self._global_op([("X", node, "")])
                 return out, work, True
+            if not flat:
+                # The step only looked through empty buckets: work all the same.
+                work += REAP_BATCH
+                continue
             pairs = [
                 (f"{node}.{flat[i]}", _opt(flat[i + 1] or None)) for i in range(0, len(flat), 2)
             ]

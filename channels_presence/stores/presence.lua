@@ -34,7 +34,8 @@
 --                            own writes (a snapshot restore shows fewer), live: set by
 --                            the node's own heartbeat (a node hash without it
 --                            was lost and rebuilt by connects: write back),
---                            r: next bucket to reap, dead: when it was counted out
+--                            r: where a walk over its buckets goes on (every
+--                            bucket before it is empty), dead: when it was counted out
 --                            (then the hash is a marker that expires after a day)
 --   P/n{<node>}/<k>    hash  seq -> user ("" when anonymous): the node's
 --                            connections, 128 a bucket (a small encoding)
@@ -64,8 +65,8 @@
 --     batches by whichever heartbeat comes first, each batch atomic, so
 --     every departure is reported once;
 --   * no function does work that grows with a population: loops are over
---     the groups of one call, one user's sessions (at most MAX_SESSIONS), or
---     a batch whose size the caller bounds.
+--     the groups of one call, one user's sessions (at most MAX_SESSIONS), at
+--     most WALK of a node's buckets, or a batch whose size the caller bounds.
 -- A key lost on its own (evicted under maxmemory, deleted by hand) breaks the
 -- first two for some connections; the functions mend them (see "Partial
 -- loss"): a disconnect whose record is gone while its bucket entry is not
@@ -87,6 +88,10 @@
 -- loss (`repair`) runs on one Redis only; a cluster beat audits nothing.
 
 local BUCKET = 128
+-- Buckets one call looks through at most for the next one in use: a node
+-- that served millions of connections has thousands of empty ones, and a
+-- walk goes on where the last one stopped (the node's r).
+local WALK = 1024
 -- Seconds the marker of a counted-out node lives: a process that wakes from
 -- a stall shorter than this learns it was counted out, and closes its sockets.
 local TOMBSTONE = 86400
@@ -255,6 +260,15 @@ end
 
 -- Records -------------------------------------------------------------------------
 
+-- Bucket b of node now holds an entry: the node's bucket count covers it,
+-- and the cursor of a walk over its buckets (r) does not lie past it.
+local function place(C, node, b)
+  local nk = k_node(C, node)
+  local top, r = unpack(redis.call('HMGET', nk, 'b', 'r'))
+  if b >= (tonumber(top) or 0) then redis.call('HSET', nk, 'b', b + 1) end
+  if r and b < tonumber(r) then redis.call('HSET', nk, 'r', b) end
+end
+
 -- Write a connection's record: its user's (or node's) hash and its bucket
 -- entry, not its groups. Returns the user's connection count.
 local function write_record(C, cid, u, s, t36, chan, groups, meta, scoped)
@@ -270,10 +284,7 @@ local function write_record(C, cid, u, s, t36, chan, groups, meta, scoped)
   local node, seq = node_of(cid)
   local b = bucket_of(seq)
   redis.call('HSET', k_bucket(C, node, b), seq, u or '')
-  local nk = k_node(C, node)
-  if b >= (tonumber(redis.call('HGET', nk, 'b')) or 0) then
-    redis.call('HSET', nk, 'b', b + 1)
-  end
+  place(C, node, b)
   if u and scoped then
     local sid = session_id(cid, s)
     if redis.call('HINCRBY', hk, 's|' .. sid, 1) == 1 then
@@ -424,6 +435,22 @@ local function register_node(C, node, prefix)
   redis.call('ZADD', k_nodes(C), 'NX', C.NOW + C.TTL, node)
 end
 
+-- Look for node's first bucket in use from its cursor r on, through at most
+-- WALK buckets, and move r there (never past the last bucket, where the node's
+-- next connections go). Returns 'found' (r is that bucket), 'more' (none
+-- yet: call again) or 'empty' (the node has no connection left).
+local function walk(C, node)
+  local nk = k_node(C, node)
+  local top = tonumber(redis.call('HGET', nk, 'b')) or 0
+  local b = tonumber(redis.call('HGET', nk, 'r')) or 0
+  local last = math.min(top, b + WALK)
+  while b < last and redis.call('EXISTS', k_bucket(C, node, b)) == 0 do b = b + 1 end
+  if b >= top then return 'empty' end
+  redis.call('HSET', nk, 'r', b)
+  if b < last then return 'found' end
+  return 'more'
+end
+
 -- Remove the connections of dead nodes, at most `budget` units of work
 -- (a connection plus one per group). Returns departures and whether work is left.
 -- Remove a node's connections from its bucket 'r' on, adding departures to
@@ -435,6 +462,8 @@ local function empty_node(C, node, budget, out, work)
   local top = tonumber(redis.call('HGET', nk, 'b')) or 0
   while b < top and work < budget do
     local bk = k_bucket(C, node, b)
+    -- Looking is work too: a node that served millions has many empty buckets.
+    work = work + 1
     local items = redis.call('HGETALL', bk)
     for i = 1, #items, 2 do
       if work >= budget then break end
@@ -466,7 +495,7 @@ local function reap(C, budget)
     local nk = k_node(C, node)
     redis.call('HSETNX', nk, 'dead', string.format('%.3f', C.NOW))
     local done
-    work, done = empty_node(C, node, budget, out, work)
+    work, done = empty_node(C, node, budget, out, work + 1)
     if done then
       -- Done: the node stays only as a marker that it was counted out, so a
       -- process that wakes from a long stall closes its sockets.
@@ -628,8 +657,7 @@ local function mend(C, cid, u, hk)
   local node, seq = node_of(cid)
   local b = bucket_of(seq)
   redis.call('HSET', k_bucket(C, node, b), seq, u or '')
-  local nk = k_node(C, node)
-  if b >= (tonumber(redis.call('HGET', nk, 'b')) or 0) then redis.call('HSET', nk, 'b', b + 1) end
+  place(C, node, b)
   local by
   for _, g in ipairs(split(redis.call('HGET', hk, cid .. '|g'), ',')) do
     if not counted(C, g, u, cid) then
@@ -999,17 +1027,15 @@ local function settle_now(keys, args)
 end
 
 -- retire: ARGV[5] node. A node that stops with no connections left.
+-- Returns 1 (forgotten), 0 (it has connections) or 2 (not known yet: call again).
 local function retire(keys, args)
   local C = context(args)
   local node = args[5]
-  local nk = k_node(C, node)
-  if (tonumber(redis.call('HGET', nk, 'b')) or 0) > 0 then
-    for b = 0, tonumber(redis.call('HGET', nk, 'b')) - 1 do
-      if redis.call('EXISTS', k_bucket(C, node, b)) == 1 then return 0 end
-    end
-  end
+  local state = walk(C, node)
+  if state == 'found' then return 0 end
+  if state == 'more' then return 2 end
   redis.call('ZREM', k_nodes(C), node)
-  redis.call('DEL', nk, k_inbox(C, node), k_anon(C, node))
+  redis.call('DEL', k_node(C, node), k_inbox(C, node), k_anon(C, node))
   return 1
 end
 
@@ -1154,12 +1180,11 @@ local function c_enlist(keys, args)
   redis.call('HSETNX', nk, 'c', args[5])
   if args[6] == '1' then redis.call('HSET', nk, 'live', 1) end
   redis.call('HINCRBY', nk, 'w', n)
-  local top = tonumber(redis.call('HGET', nk, 'b')) or 0
   for i = 8, 7 + 2 * n, 2 do
     local _, seq = node_of(args[i])
     local b = bucket_of(seq)
     redis.call('HSET', k_bucket(C, node, b), seq, args[i + 1])
-    if b >= top then top = b + 1; redis.call('HSET', nk, 'b', top) end
+    place(C, node, b)
   end
   return 1
 end
@@ -1413,16 +1438,17 @@ local function c_reap_take(keys, args)
   local node = args[5]
   local nk = k_node(C, node)
   if args[7] == '1' then redis.call('HSETNX', nk, 'dead', string.format('%.3f', C.NOW)) end
-  local b = tonumber(redis.call('HGET', nk, 'r')) or 0
-  local top = tonumber(redis.call('HGET', nk, 'b')) or 0
-  while b < top do
-    local bk = k_bucket(C, node, b)
-    local scan = redis.call('HSCAN', bk, 0, 'COUNT', tonumber(args[6]))
-    if #scan[2] > 0 then
-      redis.call('HSET', nk, 'r', b)
-      return encode({scan[2], false})
-    end
-    b = b + 1
+  local state = walk(C, node)
+  if state == 'more' then return encode({{}, false}) end
+  if state == 'found' then
+    local bk = k_bucket(C, node, tonumber(redis.call('HGET', nk, 'r')))
+    -- A bucket in the large encoding may answer a page with nothing in it.
+    local cursor, items = '0', {}
+    repeat
+      local scan = redis.call('HSCAN', bk, cursor, 'COUNT', tonumber(args[6]))
+      cursor, items = scan[1], scan[2]
+    until #items > 0 or cursor == '0'
+    return encode({items, false})
   end
   if args[7] == '1' then
     redis.call('DEL', k_anon(C, node), k_inbox(C, node))
@@ -1435,17 +1461,16 @@ local function c_reap_take(keys, args)
 end
 
 -- c_retire (node): ARGV[5] node, [6..] seqs of its own disconnects. Forgets
--- a node with no connection left (the caller unlists it). Returns 1, or 0
--- when it still has some.
+-- a node with no connection left (the caller unlists it). Returns 1, 0 when
+-- it still has some, or 2 when that is not known yet (call again).
 local function c_retire(keys, args)
   local C = context(args)
   local node = args[5]
-  local nk = k_node(C, node)
   drop_own(C, node, args, 6)
-  for b = 0, (tonumber(redis.call('HGET', nk, 'b')) or 0) - 1 do
-    if redis.call('EXISTS', k_bucket(C, node, b)) == 1 then return 0 end
-  end
-  redis.call('DEL', nk, k_inbox(C, node), k_anon(C, node))
+  local state = walk(C, node)
+  if state == 'found' then return 0 end
+  if state == 'more' then return 2 end
+  redis.call('DEL', k_node(C, node), k_inbox(C, node), k_anon(C, node))
   return 1
 end
 

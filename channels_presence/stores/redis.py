@@ -85,6 +85,9 @@ READ_BATCH = 500
 MEMBERS_BATCH = 100
 #: Groups one join or leave call changes: a longer list takes several calls.
 GROUPS_BATCH = 100
+#: What ``retire`` answers when it looked through its share of a node's
+#: buckets without reaching the end: call again.
+RETIRE_AGAIN = 2
 #: Node records and tombstones expire this many TTLs after their last refresh.
 KEY_EXPIRY_FACTOR = 10
 CONNECT_TIMEOUT = 2.0
@@ -642,8 +645,10 @@ class RedisStore:
         return reply
 
     def _retire_steps(self, node: str) -> Steps[bool]:
-        reply: bool = yield self._retire_op(node)
-        return reply
+        # Each call looks through a bounded number of the node's buckets.
+        while (reply := (yield self._retire_op(node))) == RETIRE_AGAIN:
+            pass
+        return bool(reply)
 
     def _settle_steps(self) -> Steps[tuple[Absence, ...]]:
         reply: tuple[Absence, ...] = yield self._settle_op()
@@ -850,8 +855,8 @@ class RedisStore:
         ):
             pass
 
-    def _retire_op(self, node: str) -> _Op[bool]:
-        return self._fcall("retire", self._node_key(node), node, parse=lambda r: bool(r))
+    def _retire_op(self, node: str) -> _Op[int]:
+        return self._fcall("retire", self._node_key(node), node, parse=int)
 
     def _disconnect_user_steps(
         self, user: str, session: str | None, reason: str, code: int | None
