@@ -28,6 +28,9 @@ from .names import validate_group_names
 from .stores import get_store, session_policy
 from .stores.base import Connection, ConnectResult, Departure, PresenceStore
 
+#: Removals under way: referenced here, so none is collected before it ends.
+_removals: set[asyncio.Future[Any]] = set()
+
 
 class State(enum.Enum):
     NEW = "new"
@@ -105,6 +108,8 @@ class PresenceTracker:
         #: application not have finished ``STUCK_AFTER`` seconds later.
         self.ended_at: float | None = None
         self._connecting: asyncio.Future[ConnectResult] | None = None
+        #: The removal that ``adisconnect`` started (it outlives a cancellation).
+        self._removal: asyncio.Future[Departure | None] | None = None
 
     def __repr__(self) -> str:
         return (
@@ -339,12 +344,27 @@ class PresenceTracker:
                 store_failures.succeeded()
 
     async def adisconnect(self) -> Departure | None:
-        """Remove the connection from the store and its layer groups; idempotent."""
+        """Remove the connection from the store and its layer groups; idempotent.
+
+        The removal runs as a task of its own: a disconnect cancelled half way
+        (a server giving up on a slow application) still reaches the store
+        and the layer and announces the departure, and a later call (the
+        middleware's) waits for it. Only the first call returns the departure.
+        """
         if self.state is not State.CONNECTED:
             self.state = State.CLOSED
+            if self._removal is not None and not self._removal.done():
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(self._removal)
             return None
         self.state = State.CLOSED
         get_heartbeat().discard(self)
+        self._removal = removal = asyncio.ensure_future(self._remove())
+        _removals.add(removal)
+        removal.add_done_callback(_removals.discard)
+        return await asyncio.shield(removal)
+
+    async def _remove(self) -> Departure | None:
         departure: Departure | None = None
         if self.tracked:
             assert self.channel_name is not None
@@ -353,8 +373,7 @@ class PresenceTracker:
                 with contextlib.suppress(Exception):
                     await asyncio.shield(self._connecting)
             try:
-                # Shielded: a cancelled disconnect must still reach the store.
-                departure = await asyncio.shield(self.store.adisconnect(self.snapshot()))
+                departure = await self.store.adisconnect(self.snapshot())
             except StoreUnavailable as exc:
                 # The record may be there still (its node lives on): removed
                 # once the store answers.

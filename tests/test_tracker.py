@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
@@ -9,6 +10,7 @@ import pytest
 from channels.layers import get_channel_layer
 
 import channels_presence as presence
+from channels_presence import signals
 from channels_presence.exceptions import InvalidMetadata, TooManyGroups
 from channels_presence.tracker import PresenceTracker, check_metadata
 
@@ -129,3 +131,44 @@ async def test_an_untracked_connection_changes_layer_groups_only() -> None:
     await tracker.aleave(["a"])
     assert channel not in layer.groups.get("a", {})
     assert await tracker.adisconnect() is None
+
+
+async def test_a_disconnect_cancelled_half_way_still_ends_in_the_store_and_the_layer(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A server giving up on a slow application cancels its disconnect: the
+    removal goes on (layer groups, the departure), and the middleware's second
+    call waits for it."""
+    layer = get_channel_layer()
+    tracker, channel = await tracker_in(["lobby", "room"])
+    closed: list[str] = []
+
+    def on_closed(sender: Any, reason: str, **kwargs: Any) -> None:
+        closed.append(reason)
+
+    signals.connection_closed.connect(on_closed)
+    entered, gate = asyncio.Event(), asyncio.Event()
+    discard = layer.group_discard
+
+    async def slow_discard(group: str, name: str) -> None:
+        entered.set()
+        await gate.wait()
+        await discard(group, name)
+
+    monkeypatch.setattr(layer, "group_discard", slow_discard)
+    try:
+        disconnecting = asyncio.ensure_future(tracker.adisconnect())
+        await entered.wait()
+        disconnecting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await disconnecting
+        assert await presence.agroups() == {}
+        assert channel in layer.groups["room"]
+
+        gate.set()
+        assert await tracker.adisconnect() is None
+
+        assert all(channel not in layer.groups.get(g, {}) for g in ("lobby", "room"))
+        assert closed == ["disconnected"]
+    finally:
+        signals.connection_closed.disconnect(on_closed)
