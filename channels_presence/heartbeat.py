@@ -117,6 +117,9 @@ class Heartbeat:
         self.orphans: dict[str, Connection] = {}
         #: Those of them that were announced as connected: their removal is announced.
         self._announced_orphans: set[str] = set()
+        #: Open sockets presence does not track (anonymous ones under
+        #: ``ANONYMOUS="ignore"``): only their layer groups are kept here.
+        self.layer_only: dict[str, PresenceTracker] = {}
         #: The channel layer came back from an outage: its groups need us again.
         self.regroup = False
         #: A write of a recorded connection (a join, a leave, metadata) failed:
@@ -149,6 +152,17 @@ class Heartbeat:
         if not tracker.recorded:
             self.unrecorded[tracker.conn_id] = tracker
             self.hurry()
+
+    def add_layer_only(self, tracker: PresenceTracker) -> None:
+        """Put ``tracker``'s socket back into its layer groups after an outage,
+        though presence does not track it."""
+        self.layer_only[tracker.conn_id] = tracker
+
+    def layer_failed(self) -> None:
+        """The channel layer failed: put sockets back into its groups from the
+        next beat on, until that succeeds (its server may have lost them)."""
+        self.regroup = True
+        self._start()
 
     def forget(self, connection: Connection, *, announce: bool = False) -> None:
         """Remove ``connection`` from the store as soon as it answers again.
@@ -207,6 +221,7 @@ class Heartbeat:
         self.trackers.pop(tracker.conn_id, None)
         self.unrecorded.pop(tracker.conn_id, None)
         self._ending.pop(tracker.conn_id, None)
+        self.layer_only.pop(tracker.conn_id, None)
 
     def ending(self, tracker: PresenceTracker) -> None:
         """``tracker``'s socket ended: its application should finish soon."""
@@ -220,7 +235,7 @@ class Heartbeat:
         while True:
             conf = get_settings()
             await self._sleep(delay)
-            if self.trackers or self.orphans:
+            if self.trackers or self.orphans or (self.regroup and self.layer_only):
                 idle_since = None
             elif idle_since is None:
                 idle_since = loop.time()
@@ -428,7 +443,7 @@ class Heartbeat:
         message again.
         """
         self.regroup = False
-        trackers = list(self.trackers.values())
+        trackers = [*self.trackers.values(), *self.layer_only.values()]
         for start in range(0, len(trackers), REGROUP_CHUNK):
             for tracker in trackers[start : start + REGROUP_CHUNK]:
                 try:

@@ -166,6 +166,8 @@ class PresenceTracker:
                 self.state = State.CLOSED
                 return admission
         self.state = State.CONNECTED
+        if not self.tracked:
+            get_heartbeat().add_layer_only(self)
         for group in checked:
             await self._layer_group_add(group)
         listeners.note_joined(checked if self.recorded else ())
@@ -417,9 +419,8 @@ class PresenceTracker:
                 await self.channel_layer.group_add(group, self.channel_name)
 
     def layer_failed(self) -> None:
-        """The channel layer failed: put connections back into its groups from the
-        next heartbeat on, until that succeeds (its server may have lost them)."""
-        get_heartbeat().regroup = True
+        """The channel layer failed: the heartbeat puts sockets back into its groups."""
+        get_heartbeat().layer_failed()
 
     def _require_connected(self) -> bool:
         """True while connected; False once closed (a late client command is

@@ -641,3 +641,26 @@ async def test_a_join_while_the_layers_redis_is_down_keeps_the_socket_and_its_gr
     await get_heartbeat().beat()
     assert await presence.agroup_send("room", {"type": "chat.message", "text": "back"}) == 1
     assert await comm.receive_json_from(timeout=5) == {"chat": "back"}
+
+
+async def test_an_untracked_socket_hears_its_groups_again_after_the_layers_redis_restarts(
+    ws: Any, backend: str, redis_layer: RedisServer
+) -> None:
+    """Anonymous under ANONYMOUS="ignore" (the default): presence does not count
+    it, but its heartbeat still puts it back into its layer groups, which the
+    restarted Redis forgot (a public page's viewers would otherwise go deaf)."""
+    comm = await ws(user=None)
+    redis_layer.stop()
+    try:
+        await comm.send_json_to({"join": "room"})
+        assert await comm.receive_json_from(timeout=5) == {"joined": "room"}
+    finally:
+        redis_layer.start()
+    await asyncio.sleep(0.5)  # the consumer's read reconnects
+    assert (comm.future.done(), len(get_heartbeat())) == (False, 0)
+    await get_heartbeat().beat()
+
+    await channel_layers["default"].group_send("room", {"type": "chat.message", "text": "back"})
+    assert await comm.receive_json_from(timeout=5) == {"chat": "back"}
+    await channel_layers["default"].group_send("lobby", {"type": "chat.message", "text": "hi"})
+    assert await comm.receive_json_from(timeout=5) == {"chat": "hi"}
