@@ -55,7 +55,7 @@ from .exceptions import StoreUnavailable
 from .logs import logger, store_failures
 from .loops import PerLoop
 from .stores import get_store, session_policy
-from .stores.base import AUDIT_BATCH, Connection, RefreshResult
+from .stores.base import AUDIT_BATCH, Connection, RefreshResult, RestoreResult
 
 if TYPE_CHECKING:
     from .tracker import PresenceTracker
@@ -292,7 +292,7 @@ class Heartbeat:
         restored = bool(result.lost or self.resync)
         if restored:
             self.resync = False
-            await self._restore()
+            await self._restore(skip=frozenset(result.closed))
         # Those removed by others are closed below, never put back; after a
         # write-back of the whole node, the audit's findings are stale.
         broken = tuple(c for c in result.broken if c not in result.close_reasons)
@@ -370,6 +370,14 @@ class Heartbeat:
             )
             await tracker.force_close(code)
 
+    async def _close_refused(self, result: RestoreResult) -> None:
+        """Close what a write-back refused: superseded meanwhile, or logged out."""
+        for reason, refused in (("superseded", result.refused), ("logged_out", result.logged_out)):
+            for conn_id in refused:
+                tracker = self.trackers.get(conn_id)
+                if tracker is not None:
+                    await self._close(tracker, reason, None)
+
     def _audit_slice(self) -> tuple[Connection, ...]:
         """The next ``AUDIT_BATCH`` recorded local connections, in turn."""
         picked: list[Connection] = []
@@ -404,10 +412,7 @@ class Heartbeat:
             "(evicted or deleted).",
             len(trackers),
         )
-        for conn_id in result.refused:
-            refused = self.trackers.get(conn_id)
-            if refused is not None:
-                await self._close(refused, "superseded", None)
+        await self._close_refused(result)
         # Closed while the repair was in flight: its removal may have run first.
         for tracker in trackers:
             if (
@@ -477,11 +482,12 @@ class Heartbeat:
         for tracker in stale:
             await self._close(tracker, "expired", EXPIRED_CLOSE_CODE)
 
-    async def _restore(self) -> None:
+    async def _restore(self, skip: frozenset[str] = frozenset()) -> None:
         """Write every local connection back after the store lost this node.
 
         What the store still holds of the node goes first: after a restore
-        from an older snapshot it may list sockets closed since.
+        from an older snapshot it may list sockets closed since. ``skip``:
+        connections removed by others (this beat closes them), never put back.
         """
         store = get_store()
         try:
@@ -491,7 +497,7 @@ class Heartbeat:
             self.resync = True  # the next beat tries again, within RETRY
             self.hurry()
             return
-        recorded = [t for t in self.trackers.values() if t.recorded]
+        recorded = [t for t in self.trackers.values() if t.recorded and t.conn_id not in skip]
         restored = 0
         for start in range(0, len(recorded), RESTORE_CHUNK):
             chunk = recorded[start : start + RESTORE_CHUNK]
@@ -503,10 +509,7 @@ class Heartbeat:
                 self.hurry()
                 return
             restored += result.restored
-            for conn_id in result.refused:
-                refused = self.trackers.get(conn_id)
-                if refused is not None:
-                    await self._close(refused, "superseded", None)
+            await self._close_refused(result)
             # Closed while the batch was in flight: its removal ran first (an
             # orphan's removal is the orphans' own, announced).
             for tracker in chunk:

@@ -15,7 +15,10 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+from asgiref.sync import sync_to_async
 from channels.layers import get_channel_layer
+from django.contrib.auth import get_user_model
+from django.test import Client
 
 import channels_presence as presence
 from channels_presence.closing import CLOSE_MESSAGE_TYPE, EXPIRED_CLOSE_CODE
@@ -166,6 +169,32 @@ async def test_a_connection_whose_place_was_taken_meanwhile_is_closed_not_writte
     assert await presence.agroup_members("lobby") == [1, 2]
     assert len(get_heartbeat()) == 1
     await still_open(kept)
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("on_logout", [True, "session"])
+async def test_a_logout_while_the_store_was_lost_closes_the_socket_instead_of_writing_it_back(
+    ws: Any, presence_settings: Any, wipe: Callable[[], None], on_logout: Any
+) -> None:
+    """The logout found nothing to close in the emptied store: only its fence
+    tells the next beat not to write the socket back, but to close it."""
+    presence_settings(MAX_SESSIONS=None, DISCONNECT_ON_LOGOUT=on_logout)
+    user = await sync_to_async(get_user_model().objects.create_user)("el", password="pw")
+    browser = Client()
+    await sync_to_async(browser.force_login)(user)
+    mine = await ws(user=user.pk, session=browser.session.session_key)
+    other = await ws(user=user.pk + 1000)
+    wipe()
+    await sync_to_async(browser.logout)()
+
+    await get_heartbeat().beat()
+
+    assert await closed_with(mine, 4002) == [
+        {"type": "session.superseded", "reason": "logged_out", "code": 4002}
+    ]
+    assert not await presence.ais_online(user.pk)
+    assert await presence.agroup_members("lobby") == [user.pk + 1000]
+    await still_open(other)
 
 
 # Removed elsewhere -------------------------------------------------------------------------

@@ -567,6 +567,30 @@ async def test_sockets_whose_records_were_lost_are_written_back_and_counted_out_
     assert (await presence.agroup_size("lobby"), await presence.agroup_members("lobby")) == (1, [2])
 
 
+@pytest.mark.django_db(transaction=True)
+async def test_a_socket_whose_record_was_lost_before_its_logout_is_closed_not_repaired(
+    ws: Any, backend: str, presence_settings: Any
+) -> None:
+    """The logout found no record to remove (evicted just before): the audit
+    must close the socket as logged out, not write it back."""
+    presence_settings(MAX_SESSIONS=None, LEAVE_GRACE=0)
+    user = await sync_to_async(get_user_model().objects.create_user)("lo", password="pw")
+    browser = Client()
+    await sync_to_async(browser.force_login)(user)
+    mine = await ws(user=user.pk, session=browser.session.session_key)
+    await ws(user=user.pk + 1000)
+    _lose_records(str(user.pk))
+    await sync_to_async(browser.logout)()
+
+    await get_heartbeat().beat()
+
+    assert await closed_with(mine, 4002) == [
+        {"type": "session.superseded", "reason": "logged_out", "code": 4002}
+    ]
+    assert await presence.auser_channels(user.pk) == []
+    assert await presence.agroup_members("lobby") == [user.pk + 1000]
+
+
 # Cleanups that hang --------------------------------------------------------------------
 
 

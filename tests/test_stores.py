@@ -11,6 +11,7 @@ import asyncio
 import itertools
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -599,6 +600,25 @@ async def test_restore_does_not_write_back_past_the_session_limit(store: Api) ->
     tab = conn("tab", "u1", "s2", groups=("room",))
     scoped = SessionPolicy(max_sessions=1, scope="session")
     assert (await store.restore((tab,), scoped)).restored == 1
+
+
+@pytest.mark.parametrize("fence_session", [True, False])
+async def test_a_write_back_refuses_what_a_logout_fenced_while_the_store_was_lost(
+    store: Api, fence_session: bool
+) -> None:
+    opened = time.time() - 1
+    mine = replace(conn("c1", "u1", "s1", groups=("room",)), opened_at=opened)
+    kept = replace(conn("c2", "u2", "s2", groups=("room",)), opened_at=opened)
+    for c in (mine, kept):
+        await store.connect(c, UNLIMITED)
+    store.wipe()
+    await store.fence("u1", "s1" if fence_session else None)
+
+    result = await store.restore((mine, kept), UNLIMITED)
+
+    assert (result.restored, result.refused, result.logged_out) == (1, (), (mine.conn_id,))
+    assert await store.user_connections("u1") == ()
+    assert await populations(store, "room") == (1, 1)
 
 
 async def test_max_connections_per_user_refuses_past_the_limit(store: Api) -> None:

@@ -174,6 +174,9 @@ class RestoreResult:
     #: Connections not written back: their user is at a limit now (a connect
     #: that landed after the loss took the place). Close them as superseded.
     refused: tuple[str, ...] = ()
+    #: Connections not written back because their session (or their user)
+    #: logged out since they opened. Close them as logged out.
+    logged_out: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -939,13 +939,16 @@ class ClusterRedisStore(RedisStore):
         strict = replace(policy, on_limit="reject_new")
         restored = 0
         refused: list[str] = []
+        logged_out: list[str] = []
         for c in connections:
             result = yield from self._connect_steps(c, strict)
             if result.accepted:
                 restored += 1
             else:
-                refused.append(c.conn_id)
-        return RestoreResult(restored=restored, refused=tuple(refused))
+                (logged_out if result.refused == "logged_out" else refused).append(c.conn_id)
+        return RestoreResult(
+            restored=restored, refused=tuple(refused), logged_out=tuple(logged_out)
+        )
 
     def _retire_steps(self, node: str) -> Steps[bool]:
         if not self.per_slot:

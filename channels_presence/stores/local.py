@@ -626,7 +626,7 @@ class LocalStore:
             groups = {g for c in connections for g in c.groups}
             state = _State(self, self._base_keys() + self._group_keys(groups))
             conns: dict[str, dict[str, Any]] = state.get(self._conns, dict)
-            repaired, refused = 0, []
+            repaired, refused, logged_out = 0, [], []
             for conn in connections:
                 rec = conns.get(conn.channel_name)
                 if rec is not None:
@@ -637,6 +637,9 @@ class LocalStore:
                 self._remove(state, conn.channel_name, now)
                 self._remove_lost(state, conn, now)
                 self._drop_pending(state, conn)
+                if rec is None and conn.user is not None and self._fenced(state, conn, now):
+                    logged_out.append(conn.conn_id)
+                    continue
                 mine = [] if conn.user is None else self._user_channels(state, conn.user)
                 limit = policy.max_connections
                 if rec is None and (
@@ -648,7 +651,9 @@ class LocalStore:
                 self._record(state, conn)
                 repaired += 1
             state.save()
-            return RestoreResult(restored=repaired, refused=tuple(refused))
+            return RestoreResult(
+                restored=repaired, refused=tuple(refused), logged_out=tuple(logged_out)
+            )
 
         return self._run(op)
 
@@ -671,11 +676,14 @@ class LocalStore:
             groups = {g for c in connections for g in c.groups}
             state = _State(self, self._base_keys() + self._group_keys(groups))
             conns: dict[str, dict[str, Any]] = state.get(self._conns, dict)
-            restored, refused = 0, []
+            restored, refused, logged_out = 0, [], []
             for conn in connections:
                 if conn.channel_name in conns:
                     continue
                 self._register(state, conn.node, now, live=True)
+                if conn.user is not None and self._fenced(state, conn, now):
+                    logged_out.append(conn.conn_id)
+                    continue
                 mine = [] if conn.user is None else self._user_channels(state, conn.user)
                 limit = policy.max_connections
                 if self._over_limit(state, conn, mine, policy) or (
@@ -686,7 +694,9 @@ class LocalStore:
                 self._record(state, conn)
                 restored += 1
             state.save()
-            return RestoreResult(restored=restored, refused=tuple(refused))
+            return RestoreResult(
+                restored=restored, refused=tuple(refused), logged_out=tuple(logged_out)
+            )
 
         return self._run(op)
 

@@ -901,20 +901,23 @@ end
 
 -- restore: ARGV[5] node, [6] channel prefix, [7] max sessions, [8] scope,
 -- [9] max connections per user, [10] JSON list of [cid, user, session,
--- connected_at ms, groups, meta, channel part], [11] on_limit, [12] the close
--- code of the superseded. Writes back connections the
--- store lost, unless one would take its user past a limit. Returns JSON
--- [restored count, cids refused].
+-- connected_at ms, groups, meta, channel part, opened ms ('' unknown)],
+-- [11] on_limit, [12] the close code of the superseded. Writes back
+-- connections the store lost, unless one would take its user past a limit
+-- or a logout fenced it. Returns JSON [restored count, cids refused, cids
+-- fenced].
 local function restore(keys, args)
   local C = context(args)
   register_node(C, args[5], args[6])
   redis.call('HSET', k_node(C, args[5]), 'live', 1)
   local max, scope, per_user = tonumber(args[7]), args[8], tonumber(args[9])
-  local restored, refused = 0, {}
+  local restored, refused, gone = 0, {}, {}
   for _, it in ipairs(cjson.decode(args[10])) do
     local cid, u, s = it[1], opt(it[2]), opt(it[3])
     local hk = holder(C, u, cid)
-    if redis.call('HEXISTS', hk, cid) == 0 then
+    if u and redis.call('HEXISTS', hk, cid) == 0 and fenced(C, u, s, tonumber(it[8])) then
+      gone[#gone + 1] = cid
+    elseif redis.call('HEXISTS', hk, cid) == 0 then
       local ok = true
       if u then
         ok = room_for(C, hk, u, cid, s, tonumber(it[4]), max, scope, per_user, args[11], args[12])
@@ -928,19 +931,20 @@ local function restore(keys, args)
       end
     end
   end
-  return encode({restored, refused})
+  return encode({restored, refused, gone})
 end
 
 -- repair: the arguments of restore, for connections an audit found broken.
 -- A lost record (its bucket entry says it was never removed) is written back
 -- under the limits (its groups still count it, or are mended next); one
 -- refused is counted out of its groups. Then its bucket entry and its groups
--- are mended. One removed meanwhile is left alone. Returns JSON [repaired,
--- cids refused].
+-- are mended. One removed meanwhile is left alone; one whose record was
+-- lost after a logout fenced it is counted out. Returns JSON [repaired, cids
+-- refused, cids fenced].
 local function repair(keys, args)
   local C = context(args)
   local max, scope, per_user = tonumber(args[7]), args[8], tonumber(args[9])
-  local repaired, refused = 0, {}
+  local repaired, refused, gone = 0, {}, {}
   for _, it in ipairs(cjson.decode(args[10])) do
     local cid, u, s = it[1], opt(it[2]), opt(it[3])
     local hk = holder(C, u, cid)
@@ -949,6 +953,10 @@ local function repair(keys, args)
     if redis.call('HEXISTS', hk, cid) == 0
         and redis.call('HEXISTS', k_bucket(C, node, bucket_of(seq)), seq) == 0 then
       ok = false -- removed meanwhile (evicted, kicked), not lost: its node closes it
+    elseif redis.call('HEXISTS', hk, cid) == 0 and u and fenced(C, u, s, tonumber(it[8])) then
+      remove_lost(C, u, cid, it[5])
+      gone[#gone + 1] = cid
+      ok = false
     elseif redis.call('HEXISTS', hk, cid) == 0 then
       local t = tonumber(it[4])
       if u then ok = room_for(C, hk, u, cid, s, t, max, scope, per_user, args[11], args[12]) end
@@ -965,7 +973,7 @@ local function repair(keys, args)
       repaired = repaired + 1
     end
   end
-  return encode({repaired, refused})
+  return encode({repaired, refused, gone})
 end
 
 -- disconnect_user: ARGV[5] user, [6] session ('' = all), [7] why, [8] code,

@@ -806,6 +806,7 @@ class RedisStore:
     ) -> Steps[RestoreResult]:
         restored = 0
         refused: list[str] = []
+        logged_out: list[str] = []
         by_node: dict[str, list[Connection]] = {}
         for c in connections:
             self._check_id(c)
@@ -822,10 +823,11 @@ class RedisStore:
                         _group_list(c.groups),
                         _meta(c.meta),
                         _channel_part(c.channel_name, prefix),
+                        round(c.opened_at * 1000) if c.opened_at else "",
                     ]
                     for c in conns[start : start + RESTORE_BATCH]
                 ]
-                count, ids = yield self._fcall(
+                count, ids, fenced = yield self._fcall(
                     function,
                     self._node_key(node),
                     node,
@@ -840,7 +842,10 @@ class RedisStore:
                 )
                 restored += int(count)
                 refused.extend(_strings(ids))
-        return RestoreResult(restored=restored, refused=tuple(refused))
+                logged_out.extend(_strings(fenced))
+        return RestoreResult(
+            restored=restored, refused=tuple(refused), logged_out=tuple(logged_out)
+        )
 
     def _fence_op(self, user: str, session: str | None) -> _Op[Any]:
         return self._fcall(
