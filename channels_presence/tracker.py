@@ -179,8 +179,11 @@ class PresenceTracker:
             result = await self._store_connect()
             if result.refused == "counted_out":
                 # This loop stalled and was counted out before its heartbeat
-                # noticed: close the stale connections, connect as a new node.
-                await heartbeat.counted_out()
+                # noticed: close the stale connections, connect as a new node
+                # (unless another connect or a beat did so meanwhile: the new
+                # node's connections are not stale).
+                if self.snapshot().node == heartbeat.node:
+                    await heartbeat.counted_out()
                 self.conn_id = heartbeat.new_conn_id()
                 result = await self._store_connect()
         except asyncio.CancelledError:

@@ -80,6 +80,29 @@ async def test_a_connect_on_a_counted_out_node_closes_its_older_sockets_with_100
     assert await fresh.receive_json_from() == {"echo": {"ping": 1}}
 
 
+async def test_connects_racing_on_a_counted_out_node_move_to_one_new_node_and_stay(
+    ws: Any, presence_settings: Any
+) -> None:
+    """Both learn the node was counted out; the second must not count out the
+    new node the first moved to (its socket would expire while it is live)."""
+    presence_settings(TTL=1, LEAVE_GRACE=0, MAX_SESSIONS=None)
+    heartbeat = get_heartbeat()
+    stale = await ws(user=1)
+    stall(heartbeat)
+    await asyncio.sleep(1.1)
+    await get_store().arefresh("peer")
+
+    first, second = await asyncio.gather(ws(user=2), ws(user=3))
+
+    assert await closed_with(stale, EXPIRED_CLOSE_CODE) != []
+    await asyncio.sleep(1.1)  # past TTL: a node nobody beats would be reaped now
+    await heartbeat.beat()
+    await get_store().arefresh("peer")
+    assert await presence.agroup_members("lobby") == [2, 3]
+    for comm in (first, second):
+        await still_open(comm)
+
+
 async def test_a_dead_nodes_connections_are_told_to_close_with_1001(
     ws: Any, presence_settings: Any
 ) -> None:
