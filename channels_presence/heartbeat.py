@@ -313,7 +313,9 @@ class Heartbeat:
                 reason = result.close_reasons.get(conn_id) or "superseded"
                 await self._close(closing, reason, result.close_codes.get(conn_id))
         for tracker in list(self.unrecorded.values()):
-            await tracker.arecover()
+            refused = await tracker.arecover()
+            if refused is not None:
+                await self._close(tracker, refused, None)
         await self._drop_stuck()
         return result
 

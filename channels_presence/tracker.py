@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import events, listeners
-from .closing import close_code, close_departed, send_close
+from .closing import close_code, close_departed
 from .conf import get_settings
 from .exceptions import InvalidMetadata, NotConnected, StoreUnavailable, TooManyGroups
 from .heartbeat import get_heartbeat
@@ -241,29 +241,34 @@ class PresenceTracker:
         for departure in result.evicted:
             await events.departed(departure, reason="superseded")
 
-    async def arecover(self) -> None:
+    async def arecover(self) -> str | None:
         """Record a connection admitted while the store was down.
 
         It goes through the session policy like any connect: it may close the
-        user's older connections, or, under ``reject_new``, be closed itself
-        with ``REJECT_CODE``.
+        user's older connections. Returns why it was refused (``"rejected"``:
+        ``reject_new`` or ``MAX_CONNECTIONS_PER_USER``; ``"logged_out"``), for
+        the heartbeat to close it; ``None`` otherwise.
         """
         if self.state is not State.CONNECTED or self.recorded or not self.tracked:
-            return
+            return None
         if self.ended_at is not None:  # its socket is gone: never announce it now
-            return
+            return None
+        connection = self.snapshot()
         try:
-            result = await self.store.aconnect(self.snapshot(), session_policy())
+            result = await self.store.aconnect(connection, session_policy())
         except StoreUnavailable as exc:
             store_failures.failed(exc)
-            return
+            return None
         store_failures.succeeded()
-        if result.accepted:
-            await self._recorded(result)
-        elif self.channel_layer is not None and self.channel_name is not None:
-            await send_close(
-                self.channel_layer, self.channel_name, close_code("rejected"), "rejected"
-            )
+        if not result.accepted:
+            return "logged_out" if result.refused == "logged_out" else "rejected"
+        if self.state is not State.CONNECTED:
+            # Its disconnect ran meanwhile, perhaps before this landed: remove it again.
+            with contextlib.suppress(StoreUnavailable):
+                await self.store.adisconnect(connection)
+            return None
+        await self._recorded(result)
+        return None
 
     async def ajoin(self, groups: Any) -> tuple[str, ...]:
         """Join more groups; returns the groups that were new for this connection."""

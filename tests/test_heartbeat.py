@@ -302,6 +302,25 @@ async def test_one_let_in_while_the_store_was_down_is_refused_past_the_limit_whe
     assert await presence.auser_channels(1) == ["specific.other!1"]
 
 
+@pytest.mark.redis
+async def test_one_let_in_while_the_store_was_down_whose_user_logged_out_is_closed_as_logged_out(
+    ws: Any, flaky_redis: Any
+) -> None:
+    flaky_redis.stop()
+    late = await ws(user=1, session="s1")
+    flaky_redis.start()
+    # The logout found nothing recorded to close; its fence is all it left.
+    await get_store().afence("1", "s1")
+
+    await get_heartbeat().beat()
+
+    assert await closed_with(late, 4002) == [
+        {"type": "session.superseded", "reason": "logged_out", "code": 4002}
+    ]
+    assert await presence.auser_channels(1) == []
+    assert len(get_heartbeat()) == 0
+
+
 # The heartbeat task ----------------------------------------------------------------------
 
 
