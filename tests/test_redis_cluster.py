@@ -10,6 +10,7 @@ leave work the next one completes.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import threading
 import time
@@ -546,6 +547,28 @@ def test_a_kick_that_dies_after_counting_out_the_groups_is_finished_by_the_next(
     assert node.store.group_user_count("room") == 1
     closed = node.refresh().closed
     assert set(closed) <= {c.conn_id for c in made}
+
+
+def test_a_disconnect_racing_a_kick_still_unlists_the_group_it_emptied(
+    make_node: Callable[..., Node], make_store: Callable[..., ClusterRedisStore]
+) -> None:
+    """The socket's own disconnect counts it out of its group first; a kick
+    then finds the group done and the record still there, and removes that; the
+    disconnect's record step finds nothing. The group it emptied must still
+    leave the registry (else ``group_count()`` counts it for good)."""
+    node = make_node(grace=30)
+    gone = node.connect("u1", groups=("room",))
+    steps = node.store._disconnect_steps(gone)
+    step: Any = next(steps)
+    reply = run_step(node.store, step)  # the group step
+    step = steps.send(reply)
+    assert make_store(grace=30).disconnect_user("u1") != ()
+    with contextlib.suppress(StopIteration):
+        while True:
+            step = steps.send(run_step(node.store, step))
+
+    assert node.store.group_size("room") == 0
+    assert (node.store.groups(), node.store.group_count()) == ({}, 0)
 
 
 def test_a_disconnects_bucket_entry_goes_with_the_nodes_next_call(

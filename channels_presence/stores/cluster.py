@@ -803,6 +803,13 @@ class ClusterRedisStore(RedisStore):
         # Its bucket entry goes with the node's next call: one call fewer here.
         self._drop_later(cid)
         if not dep:
+            # Removed meanwhile by another process (an eviction, a kick), whose
+            # own group steps then found these groups done: the registry and
+            # the leave grace hear of what this call counted out from it.
+            left = [g for g in known if flags.get((cid, g), 0) & 2]
+            glob = self._registry(flags, "R-") + self._absent(user, left, False)
+            if glob:
+                yield _Batch(tuple(self._shared_ops(glob)[0]))
             return None
         if late := [g for g in _split(dep[4]) if g not in known]:
             flags.update((yield from self._group_steps(("-", cid, user, g) for g in late)))
