@@ -31,22 +31,13 @@ from typing import Any
 import harness
 import redis
 
+from channels_presence.heartbeat import _base36
 from channels_presence.stores.base import Connection, SessionPolicy
 from channels_presence.stores.redis import RedisStore
 
 UNLIMITED = SessionPolicy(max_sessions=None)
 #: Connections the node holds from the end of its life.
 RECENT = 100
-_DIGITS = "0123456789abcdefghijklmnopqrstuvwxyz"
-
-
-def _base36(n: int) -> str:
-    out = ""
-    while True:
-        n, d = divmod(n, 36)
-        out = _DIGITS[d] + out
-        if n == 0:
-            return out
 
 
 def _connections(node: str, lifetime: int) -> list[Connection]:
