@@ -7,6 +7,9 @@ close message was lost, nodes counted out) and the API (``disconnect_user``).
 
 from __future__ import annotations
 
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from .conf import get_settings
@@ -19,6 +22,37 @@ CLOSE_MESSAGE_TYPE = "presence.close"
 #: Sent to a connection counted out after missing its heartbeats ("going away"):
 #: its client should reconnect, not believe it signed in elsewhere.
 EXPIRED_CLOSE_CODE = 1001
+
+
+#: Seconds one channel-layer call made by presence may take. A layer whose
+#: server hangs (paused, or its packets dropped) and whose client has no
+#: socket timeout of its own would otherwise hold a heartbeat past TTL, or a
+#: socket's cleanup for good.
+LAYER_TIMEOUT = 5.0
+
+#: Until when (``time.monotonic()``) presence's layer calls fail at once: one
+#: timed out, and each would wait as long again.
+_layer_hung_until = 0.0
+
+
+async def layer_call(method: Callable[..., Awaitable[Any]], *args: Any) -> Any:
+    """Make one channel-layer call for presence, within ``LAYER_TIMEOUT``.
+
+    Raises ``asyncio.TimeoutError`` (an outage, to ``is_outage``) when the
+    layer did not answer in time, and then at once for the next
+    ``LAYER_TIMEOUT`` seconds: a beat's closes, or a batch of departures,
+    cost one timeout together, not one each.
+    """
+    global _layer_hung_until
+    if time.monotonic() < _layer_hung_until:
+        raise asyncio.TimeoutError(
+            "the channel layer did not answer a moment ago; not asked again yet"
+        )
+    try:
+        return await asyncio.wait_for(method(*args), LAYER_TIMEOUT)
+    except asyncio.TimeoutError:
+        _layer_hung_until = time.monotonic() + LAYER_TIMEOUT
+        raise
 
 
 def close_message(code: int, reason: str) -> dict[str, Any]:
@@ -45,7 +79,7 @@ async def send_close(layer: Any, channel: str, code: int, reason: str) -> bool:
     whether the message was handed to the layer.
     """
     try:
-        await layer.send(channel, close_message(code, reason))
+        await layer_call(layer.send, channel, close_message(code, reason))
     except Exception as exc:
         logger.warning("Could not close %s through the channel layer: %r", channel, exc)
         return False
@@ -68,6 +102,6 @@ async def close_departed(
         await send_close(layer, conn.channel_name, code, reason)
         for group in conn.groups:
             try:
-                await layer.group_discard(group, conn.channel_name)
+                await layer_call(layer.group_discard, group, conn.channel_name)
             except Exception as exc:
                 logger.warning("Could not discard %s from %r: %r", conn.channel_name, group, exc)

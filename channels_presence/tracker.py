@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import events, listeners
-from .closing import close_code, close_departed
+from .closing import close_code, close_departed, layer_call
 from .conf import get_settings
 from .exceptions import InvalidMetadata, NotConnected, StoreUnavailable, TooManyGroups
 from .heartbeat import get_heartbeat
@@ -317,7 +317,7 @@ class PresenceTracker:
                 await events.left(self.user, left)
         for group in gone:
             try:
-                await self.channel_layer.group_discard(group, self.channel_name)
+                await layer_call(self.channel_layer.group_discard, group, self.channel_name)
             except Exception as exc:
                 if not is_outage(exc):
                     raise
@@ -330,7 +330,7 @@ class PresenceTracker:
         """Add this socket to a layer group; during a layer outage, leave that to
         the heartbeat (it puts sockets back into their groups once the layer is back)."""
         try:
-            await self.channel_layer.group_add(group, self.channel_name)
+            await layer_call(self.channel_layer.group_add, group, self.channel_name)
         except Exception as exc:
             if not is_outage(exc):
                 raise
@@ -395,7 +395,7 @@ class PresenceTracker:
         if self.channel_layer is not None and self.channel_name is not None:
             for group in self.groups:
                 try:
-                    await self.channel_layer.group_discard(group, self.channel_name)
+                    await layer_call(self.channel_layer.group_discard, group, self.channel_name)
                 except Exception as exc:  # cleanup goes on for the rest
                     logger.warning("group_discard(%r) failed on close: %s", group, exc)
         if departure is not None:
@@ -424,7 +424,7 @@ class PresenceTracker:
         """Add this connection to its channel-layer groups again (after a layer outage)."""
         if self.is_open() and self.channel_layer is not None and self.channel_name is not None:
             for group in self.groups:
-                await self.channel_layer.group_add(group, self.channel_name)
+                await layer_call(self.channel_layer.group_add, group, self.channel_name)
 
     def layer_failed(self) -> None:
         """The channel layer failed: the heartbeat puts sockets back into its groups."""

@@ -672,6 +672,34 @@ async def test_a_join_while_the_layers_redis_is_down_keeps_the_socket_and_its_gr
     assert await comm.receive_json_from(timeout=5) == {"chat": "back"}
 
 
+async def test_a_paused_layer_holds_a_beat_one_layer_timeout_and_the_socket_still_closes(
+    ws: Any, backend: str, redis_layer: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The layer's Redis hangs (SIGSTOP; its client waits 15 s for a reply) while
+    the store removes a socket. The beat that learns of it must not wait on the
+    layer call by call (a beat held past TTL counts its node out): layer calls
+    give up after LAYER_TIMEOUT, the next ones at once, and the node closes the
+    socket itself, with the code asked for."""
+    from channels_presence import closing
+
+    monkeypatch.setattr(closing, "LAYER_TIMEOUT", 0.5)
+    comms = [await ws(user=1), *[await ws(user=n) for n in range(2, 6)]]
+    assert redis_layer.process is not None
+    os.kill(redis_layer.process.pid, signal.SIGSTOP)
+    try:
+        for n in range(1, 6):
+            await get_store().adisconnect_user(str(n), None, "kicked", 4005)
+        started = time.monotonic()
+        await get_heartbeat().beat()
+        assert time.monotonic() - started < 2.0, "the beat waited on the hung layer"
+        for comm in comms:
+            closed = await comm.receive_output(timeout=FORCE_CLOSE_AFTER + 3)
+            assert closed == {"type": "websocket.close", "code": 4005}
+    finally:
+        os.kill(redis_layer.process.pid, signal.SIGCONT)
+    assert await presence.agroup_size("lobby") == 0
+
+
 async def test_an_untracked_socket_hears_its_groups_again_after_the_layers_redis_restarts(
     ws: Any, backend: str, redis_layer: RedisServer
 ) -> None:
