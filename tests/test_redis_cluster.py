@@ -549,6 +549,18 @@ def test_a_kick_that_dies_after_counting_out_the_groups_is_finished_by_the_next(
     assert set(closed) <= {c.conn_id for c in made}
 
 
+def test_a_node_that_retired_and_connects_again_is_not_taken_for_lost(
+    make_node: Callable[..., Node],
+) -> None:
+    node = make_node()
+    node.store.disconnect(node.connect("u1"))
+    assert node.store.retire(node.id) is True
+
+    node.connect("u2")
+
+    assert node.refresh().lost is False
+
+
 def test_a_disconnect_racing_a_kick_still_unlists_the_group_it_emptied(
     make_node: Callable[..., Node], make_store: Callable[..., ClusterRedisStore]
 ) -> None:

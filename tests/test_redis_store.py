@@ -339,6 +339,20 @@ def test_retiring_a_node_that_served_millions_looks_through_its_buckets_a_share_
     assert keys_of(client, key_prefix) == []
 
 
+def test_a_node_that_retired_and_connects_again_is_not_taken_for_lost(
+    make_node: Callable[..., Node],
+) -> None:
+    """A process's loop went idle and retired its node; a new socket on the
+    same loop must not make the next beat write every connection back."""
+    node = make_node()
+    node.store.disconnect(node.connect("u1"))
+    assert node.store.retire(node.id) is True
+
+    node.connect("u2")
+
+    assert node.refresh().lost is False
+
+
 def test_a_retire_that_meets_a_connection_far_out_keeps_the_node(
     make_node: Callable[..., Node],
 ) -> None:

@@ -964,6 +964,7 @@ class ClusterRedisStore(RedisStore):
             pass
         if done:
             yield self._global_op([("X", node, "")])
+            self._forget_node(node)
         return bool(done)
 
     # Liveness ----------------------------------------------------------------------------

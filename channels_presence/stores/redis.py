@@ -648,7 +648,15 @@ class RedisStore:
         # Each call looks through a bounded number of the node's buckets.
         while (reply := (yield self._retire_op(node))) == RETIRE_AGAIN:
             pass
+        if reply:
+            self._forget_node(node)
         return bool(reply)
+
+    def _forget_node(self, node: str) -> None:
+        """The store forgot a retired node: should its loop connect again, the
+        node starts afresh (else its next beat would take it for lost)."""
+        self._live_nodes.discard(node)
+        self._writes.pop(node, None)
 
     def _settle_steps(self) -> Steps[tuple[Absence, ...]]:
         reply: tuple[Absence, ...] = yield self._settle_op()
