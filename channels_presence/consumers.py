@@ -264,6 +264,7 @@ class PresenceConsumerMixin:
         # A sync consumer's base_send is a sync wrapper; closing from the loop
         # needs the raw ASGI send.
         self._presence_send = send
+        self._presence_closed_socket = False
         await super().__call__(scope, receive, send)  # type: ignore[misc]
 
     async def dispatch(self, message: dict[str, Any]) -> None:
@@ -335,7 +336,15 @@ class PresenceConsumerMixin:
     async def _presence_force_close(self, code: int) -> None:
         """Close the socket now, without the layer (the heartbeat's last resort)."""
         await self.presence.adisconnect()
-        await self._presence_send({"type": "websocket.close", "code": code})
+        await self._presence_close_socket(code)
+
+    async def _presence_close_socket(self, code: int) -> None:
+        # Once: a forced close and the presence.close handler it overtook (its
+        # presence_closing() ran long) both end here, and an ASGI server
+        # raises on a second close.
+        if not self._presence_closed_socket:
+            self._presence_closed_socket = True
+            await self._presence_send({"type": "websocket.close", "code": code})
 
     async def presence_close(self, message: dict[str, Any]) -> None:
         """Handle ``presence.close``: last word to the client, then close the socket.
@@ -360,4 +369,4 @@ class PresenceConsumerMixin:
         except Exception:
             logger.exception("presence_closing() raised; closing the socket anyway")
         await tracker.adisconnect()
-        await self._presence_send({"type": "websocket.close", "code": code})
+        await self._presence_close_socket(code)

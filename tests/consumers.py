@@ -117,10 +117,15 @@ class SlowHookConsumer(PresenceConsumerMixin, AsyncJsonWebsocketConsumer):
     """Its get_presence_groups() takes a while (a database query, say)."""
 
     hook_seconds = 0.3
+    #: How long its presence_closing() takes (a last message that waits on I/O).
+    closing_seconds = 0.0
 
     async def get_presence_groups(self) -> list[str]:  # type: ignore[override]
         await asyncio.sleep(self.hook_seconds)
         return ["lobby"]
+
+    async def presence_closing(self, reason: str, code: int) -> None:
+        await asyncio.sleep(self.closing_seconds)
 
 
 class CloseInConnectConsumer(PresenceConsumerMixin, AsyncJsonWebsocketConsumer):

@@ -672,6 +672,29 @@ async def test_a_join_while_the_layers_redis_is_down_keeps_the_socket_and_its_gr
     assert await comm.receive_json_from(timeout=5) == {"chat": "back"}
 
 
+async def test_a_socket_forced_shut_while_its_last_word_runs_gets_one_close(
+    ws: Any, backend: str, presence_settings: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """presence_closing() outlasts FORCE_CLOSE_AFTER: the node closes the socket
+    itself; when the hook returns, the handler must not send a second close
+    (an ASGI server raises on it)."""
+    from channels_presence import heartbeat
+    from tests.consumers import SlowHookConsumer
+
+    monkeypatch.setattr(heartbeat, "FORCE_CLOSE_AFTER", 0.2)
+    monkeypatch.setattr(SlowHookConsumer, "hook_seconds", 0.0)
+    monkeypatch.setattr(SlowHookConsumer, "closing_seconds", 1.0)
+    presence_settings(LEAVE_GRACE=0)
+    comm = await ws("/ws/slow/", user=1)
+
+    assert await presence.adisconnect_user(1, code=4005) == 1
+    await get_heartbeat().beat()
+
+    assert await comm.receive_output(timeout=3) == {"type": "websocket.close", "code": 4005}
+    assert await comm.receive_nothing(timeout=1.5)
+    assert await presence.agroup_size("lobby") == 0
+
+
 async def test_a_paused_layer_holds_a_beat_one_layer_timeout_and_the_socket_still_closes(
     ws: Any, backend: str, redis_layer: RedisServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
