@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+import redis
 from asgiref.sync import sync_to_async
 from channels.layers import get_channel_layer
 from django.contrib.auth import get_user_model
@@ -24,6 +25,7 @@ import channels_presence as presence
 from channels_presence.closing import CLOSE_MESSAGE_TYPE, EXPIRED_CLOSE_CODE
 from channels_presence.conf import get_settings
 from channels_presence.heartbeat import _base36, get_heartbeat
+from channels_presence.logs import store_failures
 from channels_presence.stores import get_store
 from channels_presence.stores.base import Connection, SessionPolicy
 from tests.test_consumers import closed_with, still_open
@@ -241,6 +243,60 @@ async def test_a_connection_removed_elsewhere_is_closed_by_the_next_beat(
     ]
     assert len(get_heartbeat()) == 1
     await still_open(other)
+
+
+def _hold_redis(url: str, seconds: float) -> None:
+    """Keep Redis busy (one script) for ``seconds``: its other clients wait."""
+    spin = (
+        "local t = redis.call('TIME') local start = t[1] + t[2] / 1e6 "
+        "repeat t = redis.call('TIME') until t[1] + t[2] / 1e6 - start >= tonumber(ARGV[1])"
+    )
+    with redis.Redis.from_url(url) as admin:
+        admin.eval(spin, 0, seconds)
+
+
+@pytest.mark.redis
+async def test_notices_of_a_beat_whose_reply_was_lost_are_handed_over_again(
+    ws: Any, key_prefix: str
+) -> None:
+    """A paused Redis runs the beat's script after the client gave up on it
+    (its reply goes nowhere): the removal it carried must come again."""
+    from django.test import override_settings
+
+    from tests.redis_server import RedisServer, find_redis_server
+
+    binary = find_redis_server()
+    if binary is None:
+        pytest.skip("no redis-server binary")
+    server = RedisServer(binary)
+    server.start()
+    cache = {
+        "BACKEND": "django_redis.cache.RedisCache",
+        "LOCATION": server.url,
+        "OPTIONS": {"SOCKET_TIMEOUT": 0.3},
+    }
+    settings = {"KEY_PREFIX": key_prefix, "LEAVE_GRACE": 0}
+    try:
+        with override_settings(CACHES={"default": cache}, CHANNELS_PRESENCE=settings):
+            comm = await ws(user=1)
+            # Removed with no message sent, as another server's disconnect_user
+            # whose layer send was lost.
+            await get_store().adisconnect_user("1", None, "kicked", 4005)
+            # Redis is busy for 0.6 s: the beat's call waits in its socket,
+            # the client gives up at 0.3 s, and Redis runs it afterwards.
+            busy = asyncio.ensure_future(asyncio.to_thread(_hold_redis, server.url, 0.6))
+            await asyncio.sleep(0.05)
+            assert await get_heartbeat().beat() is None
+            await busy
+
+            await get_heartbeat().beat()
+
+            assert await closed_with(comm, 4005) == [
+                {"type": "session.superseded", "reason": "kicked", "code": 4005}
+            ]
+    finally:
+        server.close()
+        store_failures.failures = 0
 
 
 # Admitted while the store was down ---------------------------------------------------------

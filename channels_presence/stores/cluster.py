@@ -1092,9 +1092,11 @@ class ClusterRedisStore(RedisStore):
             self._prefix_of(node),
             INBOX_BATCH,
             self._writes.get(node, 0),
+            self._inbox_acks.get(node, ""),
             parse=json.loads,
         )
         if beat[0] == 2:
+            self._inbox_acks.pop(node, None)
             return RefreshResult(counted_out=True)
         state, closed, more_inbox = beat
         # Only once the node's own hash says it was not counted out.
@@ -1109,6 +1111,8 @@ class ClusterRedisStore(RedisStore):
         reaping = False
         if dead:
             expired, reaping = yield from self._reap_steps(self.reap_budget, str(dead))
+        # Acknowledged only now: a later step that failed leaves them to the next beat.
+        self._ack_inbox(node, closed)
         reasons, codes = _close_notices(node, closed)
         return RefreshResult(
             closed=tuple(reasons),

@@ -817,7 +817,8 @@ end
 -- answered: more than the store counted means Redis went back in time (a
 -- restore from an older snapshot, a failover that lost the last writes),
 -- [11] JSON list of [seq, user] of some of its live connections, to audit (a
--- bounded slice). Keeps the node alive: one ZADD, however many connections it
+-- bounded slice), [12] the last notice its previous reply carried ('' none:
+-- see take_inbox). Keeps the node alive: one ZADD, however many connections it
 -- holds. Returns JSON [state, closed, expired, settled, more, seconds until
 -- another node's deadline (-1: none), prefixes, seqs of audited connections
 -- found broken]; state 0 ok, 1 the node's records were lost (write them back),
@@ -849,16 +850,27 @@ local function node_state(C, node, prefix, writes)
   return state
 end
 
+-- The node's inbox: what the node's last reply carried, up to `ack` (the last
+-- notice in it), goes; the next batch is read and stays until the next call
+-- acknowledges it, so a reply lost on the way (a timeout) is read again. An
+-- `ack` that occurs twice is found first: less goes, never more.
+local function take_inbox(C, node, batch, ack)
+  local inbox = k_inbox(C, node)
+  if ack then
+    local at = redis.call('LPOS', inbox, ack, 'MAXLEN', batch)
+    if at then redis.call('LTRIM', inbox, at + 1, -1) end
+  end
+  return redis.call('LRANGE', inbox, 0, batch - 1)
+end
+
 local function beat(keys, args)
   local C = context(args)
   local node = args[5]
   local state = node_state(C, node, args[6], args[10])
   if state == 2 then return encode({2}) end
   redis.call('ZADD', k_nodes(C), C.NOW + C.TTL, node)
-  local inbox = k_inbox(C, node)
   local batch = tonumber(args[7])
-  local closed = redis.call('LRANGE', inbox, 0, batch - 1)
-  if #closed > 0 then redis.call('LTRIM', inbox, batch, -1) end
+  local closed = take_inbox(C, node, batch, opt(args[12]))
   local expired, reaping = reap(C, tonumber(args[8]))
   local settled, settling = settle(C, tonumber(args[9]))
   local next_check = next_deadline(C, node)
@@ -1401,18 +1413,17 @@ local function c_claim(keys, args)
 end
 
 -- c_beat (node): ARGV[5] node, [6] channel prefix, [7] inbox batch, [8] the
--- node's writes (see beat), [9..] seqs of its own disconnects. Returns JSON
--- [state, closed, more]; state as beat's.
+-- node's writes (see beat), [9] the last notice its previous reply carried
+-- ('' none), [10..] seqs of its own disconnects. Returns JSON [state, closed,
+-- more]; state as beat's.
 local function c_beat(keys, args)
   local C = context(args)
   local node = args[5]
   local state = node_state(C, node, args[6], args[8])
   if state == 2 then return encode({2}) end
-  drop_own(C, node, args, 9)
-  local inbox = k_inbox(C, node)
+  drop_own(C, node, args, 10)
   local batch = tonumber(args[7])
-  local closed = redis.call('LRANGE', inbox, 0, batch - 1)
-  if #closed > 0 then redis.call('LTRIM', inbox, batch, -1) end
+  local closed = take_inbox(C, node, batch, opt(args[9]))
   return encode({state, closed, #closed >= batch})
 end
 

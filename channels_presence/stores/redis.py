@@ -327,6 +327,9 @@ class RedisStore:
         #: Each node's own writes (connects, disconnects, joins, leaves, metadata)
         #: answered so far: a store that counts fewer went back in time (see the beat).
         self._writes: dict[str, int] = {}
+        #: The last close notice each node's latest beat reply carried: the
+        #: next beat acknowledges it (a lost reply leaves the notices there).
+        self._inbox_acks: dict[str, str] = {}
         self._lock = threading.Lock()
         self._sync: redis.Redis | None = None
         #: Closes under way that ``close()`` started on the running loop.
@@ -777,8 +780,10 @@ class RedisStore:
         def parse(raw: str) -> RefreshResult:
             reply = json.loads(raw)
             if reply[0] == 2:
+                self._inbox_acks.pop(node, None)
                 return RefreshResult(counted_out=True)
             state, closed, expired, settled, more, next_check, prefixes, broken = reply
+            self._ack_inbox(node, closed)
             reasons, codes = _close_notices(node, closed)
             return RefreshResult(
                 closed=tuple(reasons),
@@ -806,8 +811,13 @@ class RedisStore:
             SETTLE_BATCH,
             self._writes.get(node, 0),
             json.dumps(checked[:AUDIT_BATCH], separators=(",", ":")),
+            self._inbox_acks.get(node, ""),
             parse=parse,
         )
+
+    def _ack_inbox(self, node: str, closed: Sequence[str]) -> None:
+        """The notices of a reply that reached this process: the next beat takes them off."""
+        self._inbox_acks[node] = closed[-1] if closed else ""
 
     def _restore_steps(
         self, connections: tuple[Connection, ...], policy: SessionPolicy, function: str = "restore"
