@@ -30,6 +30,11 @@ EXPIRED_CLOSE_CODE = 1001
 #: socket's cleanup for good.
 LAYER_TIMEOUT = 5.0
 
+#: ``asyncio.timeout`` (Python 3.11+): a connect's group adds go through
+#: ``layer_call``, and ``wait_for`` costs each a task of its own (about 12 us
+#: against 4 us a call, measured on Python 3.11).
+_timeout: Any = getattr(asyncio, "timeout", None)
+
 #: Until when (``time.monotonic()``) presence's layer calls fail at once: one
 #: timed out, and each would wait as long again.
 _layer_hung_until = 0.0
@@ -49,6 +54,9 @@ async def layer_call(method: Callable[..., Awaitable[Any]], *args: Any) -> Any:
             "the channel layer did not answer a moment ago; not asked again yet"
         )
     try:
+        if _timeout is not None:
+            async with _timeout(LAYER_TIMEOUT):
+                return await method(*args)
         return await asyncio.wait_for(method(*args), LAYER_TIMEOUT)
     except asyncio.TimeoutError:
         _layer_hung_until = time.monotonic() + LAYER_TIMEOUT
